@@ -1,0 +1,172 @@
+#include "pickling.hpp"
+
+#include <cmath>
+
+namespace fastmp::py_bind {
+
+namespace {
+
+// Installed by fastmp.reduction (policy lives in Python).
+struct pickling_state {
+    py::object pickler;   // _pickle.Pickler(bio, 5) with ForkingPickler's dispatch table
+    py::object bio;       // its io.BytesIO
+    py::object fallback;  // fastmp.reduction._dumps_fallback(obj) -> bytes, or raises
+    py::object loads;     // pickle.loads
+    py::str dump = py::str("dump"), getvalue = py::str("getvalue"), seek = py::str("seek"),
+            truncate = py::str("truncate"), clear_memo = py::str("clear_memo");
+    bool in_use = false;
+};
+
+pickling_state* state = nullptr;
+
+pickling_state& get_state() {
+    if (!state || !state->pickler) {
+        // fastmp.reduction installs itself on import.
+        py::module_::import("fastmp.reduction");
+        if (!state || !state->pickler) throw std::runtime_error("fastmp pickling is not initialised");
+    }
+    return *state;
+}
+
+py::object pickle_object(py::handle obj) {
+    pickling_state& st = get_state();
+    if (st.in_use) return st.fallback(obj);  // re-entered from a __reduce__: keep it simple
+    st.in_use = true;
+    PyObject* r = PyObject_CallMethodOneArg(st.pickler.ptr(), st.dump.ptr(), obj.ptr());
+    PyObject* data = nullptr;
+    if (r) {
+        Py_DECREF(r);
+        data = PyObject_CallMethodNoArgs(st.bio.ptr(), st.getvalue.ptr());
+    }
+    // Reset the buffer and memo whatever happened, keeping any pending error.
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    PyObject* zero = PyLong_FromLong(0);
+    Py_XDECREF(PyObject_CallMethodOneArg(st.bio.ptr(), st.seek.ptr(), zero));
+    Py_XDECREF(PyObject_CallMethodNoArgs(st.bio.ptr(), st.truncate.ptr()));
+    Py_XDECREF(PyObject_CallMethodNoArgs(st.pickler.ptr(), st.clear_memo.ptr()));
+    Py_XDECREF(zero);
+    PyErr_Clear();
+    PyErr_Restore(et, ev, tb);
+    st.in_use = false;
+    if (data) return py::reinterpret_steal<py::object>(data);
+    // The fast pickler could not do it: lambdas, local functions, ... The
+    // fallback raises the stdlib's error when nothing can pickle obj.
+    PyErr_Clear();
+    return st.fallback(obj);
+}
+
+}  // namespace
+
+void encode(py::handle obj, encoded& out) {
+    PyObject* o = obj.ptr();
+    PyTypeObject* t = Py_TYPE(o);
+    if (o == Py_None) {
+        out.tag = tag_none;
+        out.size = 0;
+        return;
+    }
+    if (t == &PyBool_Type) {
+        out.tag = (o == Py_True) ? tag_true : tag_false;
+        out.size = 0;
+        return;
+    }
+    if (t == &PyLong_Type) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (!overflow && !(v == -1 && PyErr_Occurred())) {
+            std::memcpy(out.inline_buf, &v, sizeof v);
+            out.tag = tag_int;
+            out.data = out.inline_buf;
+            out.size = sizeof v;
+            return;
+        }
+        PyErr_Clear();
+    } else if (t == &PyFloat_Type) {
+        double d = PyFloat_AS_DOUBLE(o);
+        std::memcpy(out.inline_buf, &d, sizeof d);
+        out.tag = tag_float;
+        out.data = out.inline_buf;
+        out.size = sizeof d;
+        return;
+    } else if (t == &PyBytes_Type) {
+        out.tag = tag_bytes;
+        out.data = PyBytes_AS_STRING(o);
+        out.size = static_cast<std::size_t>(PyBytes_GET_SIZE(o));
+        out.keep = py::reinterpret_borrow<py::object>(obj);
+        return;
+    } else if (t == &PyUnicode_Type) {
+        Py_ssize_t n = 0;
+        const char* u = PyUnicode_AsUTF8AndSize(o, &n);
+        if (u) {
+            out.tag = tag_str;
+            out.data = u;
+            out.size = static_cast<std::size_t>(n);
+            out.keep = py::reinterpret_borrow<py::object>(obj);
+            return;
+        }
+        PyErr_Clear();  // lone surrogates: pickle copes
+    }
+    py::object data = pickle_object(obj);
+    if (!PyBytes_Check(data.ptr())) data = py::bytes(data);
+    out.tag = tag_pickle;
+    out.data = PyBytes_AS_STRING(data.ptr());
+    out.size = static_cast<std::size_t>(PyBytes_GET_SIZE(data.ptr()));
+    out.keep = std::move(data);
+}
+
+py::object decode_raw(std::uint32_t tag, const void* data, std::size_t size) {
+    const char* p = static_cast<const char*>(data);
+    PyObject* r = nullptr;
+    switch (tag) {
+        case tag_none: return py::none();
+        case tag_true: return py::bool_(true);
+        case tag_false: return py::bool_(false);
+        case tag_int: {
+            long long v;
+            std::memcpy(&v, p, sizeof v);
+            r = PyLong_FromLongLong(v);
+            break;
+        }
+        case tag_float: {
+            double d;
+            std::memcpy(&d, p, sizeof d);
+            r = PyFloat_FromDouble(d);
+            break;
+        }
+        case tag_str: r = PyUnicode_DecodeUTF8(p, static_cast<Py_ssize_t>(size), "surrogatepass"); break;
+        case tag_bytes:
+        case tag_pickle: r = PyBytes_FromStringAndSize(p, static_cast<Py_ssize_t>(size)); break;
+        default: throw py::value_error("fastmp: corrupt message (unknown payload tag)");
+    }
+    if (!r) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(r);
+}
+
+py::object finish_decode(std::uint32_t tag, py::object raw) {
+    if (tag != tag_pickle) return raw;
+    return get_state().loads(raw);
+}
+
+void init_pickling(py::module_& m) {
+    state = new pickling_state();  // lives as long as the interpreter; never freed at exit on purpose
+    m.def(
+        "_install_pickling",
+        [](py::object pickler, py::object bio, py::object fallback, py::object loads) {
+            state->pickler = std::move(pickler);
+            state->bio = std::move(bio);
+            state->fallback = std::move(fallback);
+            state->loads = std::move(loads);
+        },
+        "Called once by fastmp.reduction: the fast pickler, its buffer, the fallback and loads.");
+    m.def(
+        "_encode_tag",
+        [](py::handle obj) {
+            encoded e;
+            encode(obj, e);
+            return e.tag;
+        },
+        "The payload tag fastmp would use for obj (for tests).");
+}
+
+}  // namespace fastmp::py_bind

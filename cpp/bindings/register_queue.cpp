@@ -1,0 +1,176 @@
+// fastmp._fastmp.Queue: the mechanism behind fastmp.queues.Queue,
+// SimpleQueue and JoinableQueue (the Python classes add the policy).
+#include <vector>
+
+#include <fastmp/queue.hpp>
+
+#include "common.hpp"
+#include "pickling.hpp"
+
+namespace fastmp::py_bind {
+
+namespace {
+
+class py_queue {
+public:
+    py_queue(std::int64_t maxsize, int fd)
+        : q_(fd >= 0 ? shm_queue::attach(fd) : shm_queue::create(maxsize)) {}
+
+    void put(py::handle self, py::handle obj, py::handle block, py::handle timeout) {
+        check_open(self);
+        encoded e;
+        encode(obj, e);
+        message_view m{e.tag, e.data, e.size};
+        push_all(&m, 1, block, timeout);
+    }
+
+    void put_many(py::handle self, py::iterable items, py::handle block, py::handle timeout) {
+        check_open(self);
+        std::vector<encoded> enc;
+        for (py::handle item : items) {
+            enc.emplace_back();
+            encode(item, enc.back());
+        }
+        std::vector<message_view> msgs;
+        msgs.reserve(enc.size());
+        for (const encoded& e : enc) msgs.push_back(message_view{e.tag, e.data, e.size});
+        if (!msgs.empty()) push_all(msgs.data(), msgs.size(), block, timeout);
+    }
+
+    py::object get(py::handle self, py::handle block, py::handle timeout) {
+        check_open(self);
+        std::uint32_t tag = 0;
+        py::object raw;
+        pop(1, block, timeout, [&](std::uint32_t t, const std::byte* d, std::size_t n) {
+            raw = decode_raw(t, d, n);
+            tag = t;
+        });
+        return finish_decode(tag, std::move(raw));
+    }
+
+    py::list get_many(py::handle self, std::int64_t max_items, py::handle block, py::handle timeout) {
+        check_open(self);
+        if (max_items <= 0) throw py::value_error("max_items must be a positive integer");
+        std::vector<std::pair<std::uint32_t, py::object>> raws;
+        pop(static_cast<std::size_t>(max_items), block, timeout,
+            [&](std::uint32_t t, const std::byte* d, std::size_t n) { raws.emplace_back(t, decode_raw(t, d, n)); });
+        py::list out(raws.size());
+        for (std::size_t i = 0; i < raws.size(); ++i)
+            out[i] = finish_decode(raws[i].first, std::move(raws[i].second));
+        return out;
+    }
+
+    void task_done() {
+        status st = q_.task_done();
+        if (st != status::ok) raise_status(st, "task_done() called too many times");
+    }
+
+    void join_tasks() {
+        run_blocking(
+            true, deadline(), [&] { return q_.all_done_ticket(); }, [&] { return q_.unfinished_tasks() == 0; },
+            [&](std::uint32_t t, clock::duration slice) { return q_.wait_all_done(t, slice); });
+    }
+
+    std::uint64_t qsize() const { return q_.size_approx(); }
+    bool empty() const { return q_.size_approx() == 0; }
+    bool full() const { return q_.maxsize() != 0 && q_.size_approx() >= q_.maxsize(); }
+    void close() { closed_ = true; }
+    bool closed() const { return closed_; }
+    int fd() const { return q_.fd(); }
+    std::uint64_t maxsize() const { return q_.maxsize(); }
+    std::uint64_t capacity_bytes() { return q_.capacity_bytes(); }
+    std::uint64_t unfinished() { return q_.unfinished_tasks(); }
+
+private:
+    void check_open(py::handle self) const {
+        if (!closed_) return;
+        std::string r = py::repr(self);
+        throw py::value_error("Queue " + r + " is closed");
+    }
+
+    void push_all(const message_view* msgs, std::size_t n, py::handle block_obj, py::handle timeout) {
+        bool block = PyObject_IsTrue(block_obj.ptr());
+        deadline dl = block ? parse_timeout(timeout) : deadline();
+        std::size_t done_total = 0;
+        bool ok = run_blocking(
+            block, dl, [&] { return q_.not_full_ticket(); },
+            [&] {
+                std::size_t done = 0;
+                status st = q_.try_push(msgs + done_total, n - done_total, done);
+                done_total += done;
+                return st == status::ok;
+            },
+            [&](std::uint32_t t, clock::duration slice) { return q_.wait_not_full(t, slice); });
+        if (!ok) raise_status(status::full, "put");
+    }
+
+    template <class Sink>
+    void pop(std::size_t max, py::handle block_obj, py::handle timeout, Sink&& sink) {
+        bool block = PyObject_IsTrue(block_obj.ptr());
+        deadline dl = block ? parse_timeout(timeout) : deadline();
+        bool ok = run_blocking(
+            block, dl, [&] { return q_.not_empty_ticket(); },
+            [&] {
+                std::size_t taken = 0;
+                q_.try_pop(max, sink, taken);
+                return taken > 0;
+            },
+            [&](std::uint32_t t, clock::duration slice) { return q_.wait_not_empty(t, slice); });
+        if (!ok) raise_status(status::empty, "get");
+    }
+
+    shm_queue q_;
+    bool closed_ = false;
+};
+
+}  // namespace
+
+void register_queue(py::module_& m) {
+    py::class_<py_queue>(m, "Queue", py::dynamic_attr(),
+                         "Shared-memory MPMC queue (mechanism only; see fastmp.queues).")
+        .def(py::init<std::int64_t, int>(), py::arg("maxsize") = 0, py::arg("fd") = -1)
+        .def(
+            "put",
+            [](py::handle self, py::handle obj, py::handle block, py::handle timeout) {
+                self.cast<py_queue&>().put(self, obj, block, timeout);
+            },
+            py::arg("obj"), py::arg("block") = true, py::arg("timeout") = py::none())
+        .def(
+            "put_nowait",
+            [](py::handle self, py::handle obj) { self.cast<py_queue&>().put(self, obj, Py_False, Py_None); },
+            py::arg("obj"))
+        .def(
+            "put_many",
+            [](py::handle self, py::iterable items, py::handle block, py::handle timeout) {
+                self.cast<py_queue&>().put_many(self, items, block, timeout);
+            },
+            py::arg("items"), py::arg("block") = true, py::arg("timeout") = py::none(),
+            "Put every item of an iterable, in order, with one lock round trip per batch (fastmp extra).")
+        .def(
+            "get",
+            [](py::handle self, py::handle block, py::handle timeout) {
+                return self.cast<py_queue&>().get(self, block, timeout);
+            },
+            py::arg("block") = true, py::arg("timeout") = py::none())
+        .def("get_nowait", [](py::handle self) { return self.cast<py_queue&>().get(self, Py_False, Py_None); })
+        .def(
+            "get_many",
+            [](py::handle self, std::int64_t max_items, py::handle block, py::handle timeout) {
+                return self.cast<py_queue&>().get_many(self, max_items, block, timeout);
+            },
+            py::arg("max_items"), py::arg("block") = true, py::arg("timeout") = py::none(),
+            "Wait for at least one item, then return up to max_items in order (fastmp extra).")
+        .def("qsize", &py_queue::qsize)
+        .def("empty", &py_queue::empty)
+        .def("full", &py_queue::full)
+        .def("_close", &py_queue::close)
+        .def_property_readonly("_closed", &py_queue::closed)
+        .def("_fd", &py_queue::fd)
+        .def_property_readonly("_maxsize", &py_queue::maxsize)
+        .def("_capacity_bytes", &py_queue::capacity_bytes)
+        .def("_task_done", &py_queue::task_done)
+        .def("_join_tasks", &py_queue::join_tasks)
+        .def("_unfinished_tasks", &py_queue::unfinished);
+}
+
+}  // namespace fastmp::py_bind

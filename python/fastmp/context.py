@@ -1,0 +1,142 @@
+"""fastmp contexts: the stdlib's, with fastmp's factories.
+
+Each fastmp context subclasses the stdlib context for its start method, so
+``Process``, start-up, ``current_process()`` and friends are the stdlib's own
+(see :mod:`multiprocessing.context`). Factories that fastmp implements natively
+return fastmp objects; the rest still come from the stdlib.
+"""
+
+from __future__ import annotations
+
+import queue as _queue
+import sys
+from multiprocessing import context as _std
+
+# Everything public in multiprocessing.context, so this module can stand in for it.
+globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_")})
+
+from multiprocessing.context import (  # noqa: E402  (re-exported explicitly for readers and type checkers)
+    AuthenticationError,
+    BaseContext,
+    BufferTooShort,
+    ProcessError,
+    TimeoutError,
+    assert_spawning,
+    get_spawning_popen,
+    set_spawning_popen,
+)
+
+__all__: list[str] = []
+
+
+def _stdlib_twin(ctx: BaseContext) -> BaseContext:
+    """The stdlib context with the same start method (for pieces not yet native)."""
+    return _std._concrete_contexts[ctx.get_start_method()]  # type: ignore[attr-defined]
+
+
+class _FastmpFactories:
+    """The factory methods fastmp replaces; mixed into every fastmp context."""
+
+    def get_context(self, method=None):
+        if method is None:
+            return self
+        try:
+            ctx = _concrete_contexts[method]
+        except KeyError:
+            raise ValueError(f"cannot find context for {method!r}") from None
+        ctx._check_available()
+        return ctx
+
+    def Queue(self, maxsize=0):
+        """Returns a queue object (fastmp: shared memory, no feeder thread)."""
+        from .queues import Queue
+
+        return Queue(maxsize, ctx=self.get_context())
+
+    def JoinableQueue(self, maxsize=0):
+        """Returns a queue object with task_done() and join()."""
+        from .queues import JoinableQueue
+
+        return JoinableQueue(maxsize, ctx=self.get_context())
+
+    def SimpleQueue(self):
+        """Returns a simple queue object."""
+        from .queues import SimpleQueue
+
+        return SimpleQueue(ctx=self.get_context())
+
+    # Until fastmp has its own Pool and Manager, they run on the stdlib's
+    # context of the same start method: they reach into the stdlib queues'
+    # pipe internals.
+    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
+        """Returns a process pool object."""
+        from multiprocessing.pool import Pool
+
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=_stdlib_twin(self))
+
+    def Manager(self):
+        """Returns a manager associated with a running server process."""
+        from multiprocessing.managers import SyncManager
+
+        m = SyncManager(ctx=_stdlib_twin(self))
+        m.start()
+        return m
+
+
+# `fastmp.Queue.Empty` works (the tutorials' `except Queue.Empty`), unlike the
+# stdlib where Queue is a plain bound method.
+_FastmpFactories.Queue.Empty = _queue.Empty  # type: ignore[attr-defined]
+_FastmpFactories.Queue.Full = _queue.Full  # type: ignore[attr-defined]
+
+
+class ForkContext(_FastmpFactories, _std.ForkContext):
+    pass
+
+
+class SpawnContext(_FastmpFactories, _std.SpawnContext):
+    pass
+
+
+class ForkServerContext(_FastmpFactories, _std.ForkServerContext):
+    pass
+
+
+_concrete_contexts: dict[str, BaseContext] = {
+    "fork": ForkContext(),
+    "spawn": SpawnContext(),
+    "forkserver": ForkServerContext(),
+}
+
+
+class Process(_std.Process):
+    """multiprocessing.Process, started with fastmp's current start method."""
+
+    _start_method = None
+
+    @staticmethod
+    def _Popen(process_obj):
+        return _default_context.get_context().Process._Popen(process_obj)
+
+    @staticmethod
+    def _after_fork():
+        return _default_context.get_context().Process._after_fork()
+
+
+class DefaultContext(_FastmpFactories, _std.DefaultContext):
+    Process = Process
+
+    def get_context(self, method=None):
+        if method is None:
+            if self._actual_context is None:
+                self._actual_context = self._default_context
+            return self._actual_context
+        return _FastmpFactories.get_context(self, method)
+
+
+# Same default start method as the stdlib on this platform and Python version.
+_default_context = DefaultContext(
+    _concrete_contexts[_std._default_context._default_context._name]  # type: ignore[attr-defined]
+)
+
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("fastmp supports Linux only")

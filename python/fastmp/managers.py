@@ -1,0 +1,9 @@
+"""fastmp.managers: for now the stdlib's :mod:`multiprocessing.managers`, re-exported.
+
+A later fastmp release replaces what it speeds up; the names stay the same.
+"""
+
+import multiprocessing.managers as _std
+
+globals().update({k: v for k, v in vars(_std).items() if not k.startswith("__")})
+__all__ = list(getattr(_std, "__all__", [k for k in vars(_std) if not k.startswith("_")]))

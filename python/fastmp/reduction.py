@@ -1,0 +1,74 @@
+"""Pickling policy (DESIGN.md, 8), and the stdlib's multiprocessing.reduction names.
+
+fastmp pickles on the hot path with one persistent C pickler (protocol 5)
+whose dispatch table is ForkingPickler's reducers chained to copyreg's, so
+objects that multiprocessing reduces specially are reduced the same way. When
+that fails, :func:`_dumps_fallback` tries ForkingPickler itself and then
+cloudpickle, which carries lambdas, local functions and closures by value.
+"""
+
+from __future__ import annotations
+
+import collections
+import copyreg
+import io
+import pickle
+from multiprocessing import reduction as _std
+
+globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_")})
+
+from multiprocessing.reduction import DupFd, ForkingPickler, register  # noqa: E402
+
+from . import _fastmp  # noqa: E402
+
+__all__ = list(getattr(_std, "__all__", []))
+
+HIGHEST_PROTOCOL = 5
+
+
+def _dumps_fallback(obj) -> bytes:
+    """Pickles what the fast pickler refused, or raises the stdlib's error."""
+    try:
+        return bytes(ForkingPickler.dumps(obj, HIGHEST_PROTOCOL))
+    except Exception as exc:  # noqa: BLE001  (any pickling failure)
+        first = exc
+    try:
+        import cloudpickle
+    except ImportError:  # pragma: no cover - cloudpickle is a dependency
+        raise first from None
+    try:
+        return cloudpickle.dumps(obj, protocol=HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001
+        pass
+    raise first
+
+
+def dumps(obj) -> bytes:
+    """Pickles obj as fastmp's transports do (fast pickler, then fallbacks)."""
+    buf = io.BytesIO()
+    p = pickle.Pickler(buf, HIGHEST_PROTOCOL)
+    p.dispatch_table = _dispatch_table
+    try:
+        p.dump(obj)
+    except Exception:  # noqa: BLE001
+        return _dumps_fallback(obj)
+    return buf.getvalue()
+
+
+loads = pickle.loads
+
+# A live view: reducers registered later with reduction.register() apply too.
+_dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
+_buffer = io.BytesIO()
+_pickler = pickle.Pickler(_buffer, HIGHEST_PROTOCOL)
+_pickler.dispatch_table = _dispatch_table
+_fastmp._install_pickling(_pickler, _buffer, _dumps_fallback, pickle.loads)
+
+
+def _fd_for_child(fd: int):
+    """An fd to pickle for a child being started (stdlib DupFd: pass_fds under
+    spawn, fd passing to the forkserver)."""
+    return DupFd(fd)
+
+
+__all__ += ["dumps", "loads", "register"]
