@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: C++ unit tests (normal, ASan+UBSan, TSan builds) and pytest.
+# Assumes the package is installed (pip install '.[test]'); see README.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+
+run_ctest() {  # build dir, sanitizer list
+  cmake -S . -B "$1" -DFASTMP_BUILD_PYTHON=OFF -DFASTMP_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DFASTMP_SANITIZE="$2" >/dev/null
+  cmake --build "$1" -j "$jobs" >/dev/null
+  ctest --test-dir "$1" --output-on-failure -j "$jobs"
+}
+
+echo "== C++ tests"
+run_ctest build/ctest ""
+echo "== C++ tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+UBSAN_OPTIONS=halt_on_error=1 run_ctest build/ctest-asan "address,undefined"
+echo "== C++ tests under ThreadSanitizer"
+TSAN_OPTIONS="halt_on_error=1" run_ctest build/ctest-tsan "thread"
+
+echo "== pytest"
+# Run from tests/ so `import fastmp` is the installed package, not a source tree.
+python -m pytest -q "$@"
