@@ -77,7 +77,6 @@ void encode(py::handle obj, encoded& out) {
         if (!overflow && !(v == -1 && PyErr_Occurred())) {
             std::memcpy(out.inline_buf, &v, sizeof v);
             out.tag = tag_int;
-            out.data = out.inline_buf;
             out.size = sizeof v;
             return;
         }
@@ -86,7 +85,6 @@ void encode(py::handle obj, encoded& out) {
         double d = PyFloat_AS_DOUBLE(o);
         std::memcpy(out.inline_buf, &d, sizeof d);
         out.tag = tag_float;
-        out.data = out.inline_buf;
         out.size = sizeof d;
         return;
     } else if (t == &PyBytes_Type) {

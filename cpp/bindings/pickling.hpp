@@ -29,13 +29,16 @@ enum payload_tag : std::uint32_t {
     tag_false = 8,
 };
 
-// One encoded message: borrow `data` while `keep` lives.
+// One encoded message: borrow `payload()` while this lives. Small payloads
+// sit in inline_buf (data == nullptr), so an `encoded` may be moved freely.
 struct encoded {
     std::uint32_t tag = 0;
     const void* data = nullptr;
     std::size_t size = 0;
     py::object keep;
     char inline_buf[8];
+
+    const void* payload() const noexcept { return data ? data : inline_buf; }
 };
 
 // Encodes obj; raises the pickling error in the caller when nothing can pickle it.

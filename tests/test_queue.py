@@ -1,0 +1,296 @@
+"""Queue, SimpleQueue and JoinableQueue: parity with the stdlib, then fastmp's extras."""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import time
+
+import pytest
+
+import fastmp
+
+STOP = "__stop__"
+
+# --- module-level process targets (spawn pickles them by reference) ---
+
+
+def _produce(q, start, n):
+    for i in range(start, start + n):
+        q.put(i)
+
+
+def _consume_sum(q, out, n):
+    total = 0
+    for _ in range(n):
+        total += q.get()
+    out.put(total)
+
+
+def _echo(inq, outq):
+    while True:
+        item = inq.get()
+        if isinstance(item, str) and item == STOP:
+            break
+        outq.put(item)
+
+
+def _join_worker(q, n):
+    for _ in range(n):
+        q.get()
+        q.task_done()
+
+
+# --- parity: the same body against multiprocessing and fastmp, fork and spawn ---
+
+
+def test_fifo_and_types_round_trip_through_a_child(ctx):
+    inq, outq = ctx.Queue(), ctx.Queue()
+    p = ctx.Process(target=_echo, args=(inq, outq))
+    p.start()
+    items = [0, -1, 2**62, 2**100, 1.5, "", "héllo wörld", b"", b"\x00" * 3, None, True, False,
+             (1, "a"), [1, [2]], {"k": {1, 2}}, bytearray(b"xy"), 3 + 4j]
+    for it in items:
+        inq.put(it)
+    inq.put(STOP)
+    got = [outq.get(timeout=30) for _ in items]
+    p.join(30)
+    assert got == items
+    assert [type(x) for x in got] == [type(x) for x in items]
+    assert p.exitcode == 0
+
+
+def test_empty_full_and_timeouts(ctx):
+    q = ctx.Queue(maxsize=2)
+    assert q.empty()
+    with pytest.raises(queue.Empty):
+        q.get_nowait()
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.05)
+    with pytest.raises(queue.Empty):
+        q.get(False)
+    q.put(1)
+    q.put(2)
+    assert q.full()
+    with pytest.raises(queue.Full):
+        q.put_nowait(3)
+    with pytest.raises(queue.Full):
+        q.put(3, timeout=0.05)
+    with pytest.raises(queue.Full):
+        q.put(3, block=False)
+    assert q.get() == 1
+    _wait_for(lambda: q.qsize() == 1)
+    assert q.get() == 2
+    _wait_for(q.empty)
+
+
+def test_negative_timeout_means_do_not_wait(ctx):
+    q = ctx.Queue(1)
+    with pytest.raises(queue.Empty):
+        q.get(timeout=-1)
+    q.put(0)
+    with pytest.raises(queue.Full):
+        q.put(1, timeout=-1)
+    q.get()
+
+
+def test_closed_queue_raises_valueerror(ctx):
+    q = ctx.Queue()
+    q.put(1)
+    q.close()
+    with pytest.raises(ValueError, match="is closed"):
+        q.put(2)
+    with pytest.raises(ValueError, match="is closed"):
+        q.get()
+    q.join_thread()
+
+
+def test_join_thread_requires_close(ctx):
+    q = ctx.Queue()
+    with pytest.raises(AssertionError, match="not closed"):
+        q.join_thread()
+    q.cancel_join_thread()
+    q.close()
+
+
+def test_plain_queue_has_no_task_done(ctx):
+    q = ctx.Queue()
+    with pytest.raises(AttributeError):
+        q.task_done()  # noqa: B018
+
+
+def test_bad_arguments(ctx):
+    with pytest.raises(TypeError):
+        ctx.Queue("ten")
+    q = ctx.Queue()
+    with pytest.raises(TypeError):
+        q.get(timeout="soon")
+    q.put(1)
+    assert q.get() == 1  # still usable
+
+
+def test_queue_refuses_pickling_outside_process_start(ctx):
+    q = ctx.Queue()
+    with pytest.raises(RuntimeError, match="through inheritance"):
+        pickle.dumps(q)
+    q.put(1)
+    assert q.get() == 1
+
+
+def test_many_producers_many_consumers(ctx):
+    q, out = ctx.Queue(maxsize=50), ctx.Queue()
+    n, producers, consumers = 3000, 3, 2
+    total = producers * n
+    ps = [ctx.Process(target=_produce, args=(q, k * n, n)) for k in range(producers)]
+    cs = [ctx.Process(target=_consume_sum, args=(q, out, total // consumers)) for _ in range(consumers)]
+    for p in ps + cs:
+        p.start()
+    sums = [out.get(timeout=60) for _ in cs]
+    for p in ps + cs:
+        p.join(30)
+    assert sum(sums) == total * (total - 1) // 2
+    assert all(p.exitcode == 0 for p in ps + cs)
+
+
+def test_fifo_per_producer(ctx):
+    q, out = ctx.Queue(), ctx.Queue()
+    ps = [ctx.Process(target=_produce, args=(q, k * 1_000_000, 500)) for k in range(2)]
+    for p in ps:
+        p.start()
+    seen = [q.get(timeout=30) for _ in range(1000)]
+    for p in ps:
+        p.join(30)
+    for k in range(2):
+        mine = [x for x in seen if x // 1_000_000 == k]
+        assert mine == sorted(mine) and len(mine) == 500
+    del out
+
+
+def test_joinable_queue(ctx):
+    q = ctx.JoinableQueue()
+    for i in range(20):
+        q.put(i)
+    p = ctx.Process(target=_join_worker, args=(q, 20))
+    p.start()
+    q.join()  # returns only when the child has called task_done 20 times
+    p.join(30)
+    assert p.exitcode == 0
+    with pytest.raises(ValueError, match="too many times"):
+        q.task_done()
+
+
+def test_simple_queue(ctx):
+    q = ctx.SimpleQueue()
+    assert q.empty()
+    q.put([1, 2])
+    assert q.get() == [1, 2]
+    assert q.empty()
+    q.close()
+
+
+# --- fastmp: what the stdlib cannot do, or does worse ---
+
+
+def test_queue_empty_attribute_on_the_factory():
+    assert fastmp.Queue.Empty is queue.Empty and fastmp.Queue.Full is queue.Full
+    assert fastmp.queues.Empty is queue.Empty
+    assert isinstance(fastmp.Queue(), fastmp.queues.Queue)
+
+
+def test_each_start_method(fctx):
+    inq, outq = fctx.Queue(), fctx.Queue()
+    p = fctx.Process(target=_echo, args=(inq, outq))
+    p.start()
+    inq.put_many(range(100))
+    inq.put(STOP)
+    assert [outq.get(timeout=30) for _ in range(100)] == list(range(100))
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_million_items_before_any_consumer():
+    q = fastmp.Queue()
+    n = 1_000_000
+    for i in range(n):
+        q.put(i)  # never blocks: unbounded means unbounded
+    assert q.qsize() == n
+    assert q._capacity_bytes() > (1 << 20)
+    out = fastmp.Queue()
+    p = fastmp.Process(target=_consume_sum, args=(q, out, n))
+    p.start()
+    assert out.get(timeout=60) == n * (n - 1) // 2
+    p.join(30)
+    # Drained after growing: the ring shrank back and returned its pages.
+    assert q._capacity_bytes() <= 32 << 20
+
+
+def test_huge_single_message():
+    q = fastmp.Queue()
+    big = bytes(range(256)) * (64 * 4096 + 1)  # 64 MiB + 256 bytes
+    q.put(big)
+    q.put(bytearray(b"z") * (65 << 20))  # pickled path, also > 64 MiB
+    assert q.get() == big
+    got = q.get()
+    assert isinstance(got, bytearray) and len(got) == 65 << 20
+
+
+def test_unpicklable_raises_at_put_and_queue_stays_usable():
+    import threading
+
+    q = fastmp.Queue()
+    with pytest.raises(TypeError):
+        q.put(threading.Lock())
+    q.put("after")
+    assert q.get() == "after"
+
+
+def test_lambdas_and_local_functions_go_through():
+    factor = 3
+
+    def local(x):
+        return x * factor
+
+    q = fastmp.Queue()
+    q.put(lambda x: x + 1)
+    q.put(local)
+    assert q.get()(1) == 2
+    assert q.get()(2) == 6
+
+
+def test_put_many_get_many_order_and_bounds():
+    q = fastmp.Queue()
+    q.put_many(range(10))
+    assert q.get_many(4) == [0, 1, 2, 3]
+    assert q.get_many(100) == [4, 5, 6, 7, 8, 9]
+    with pytest.raises(queue.Empty):
+        q.get_many(3, timeout=0.05)
+    with pytest.raises(ValueError):
+        q.get_many(0)
+    b = fastmp.Queue(maxsize=3)
+    with pytest.raises(queue.Full):
+        b.put_many(range(5), timeout=0.05)
+    assert b.get_many(10) == [0, 1, 2]  # what fitted went in, in order
+
+
+def test_stdlib_connection_is_pickled_the_stdlib_way():
+    """The fast pickler honours ForkingPickler's reducers (a raw-fd pickle would be wrong)."""
+    import multiprocessing
+    from multiprocessing.reduction import ForkingPickler
+
+    from fastmp import reduction
+
+    a, b = multiprocessing.Pipe()
+    try:
+        assert type(a) in ForkingPickler._extra_reducers
+        assert reduction._dispatch_table[type(a)] is ForkingPickler._extra_reducers[type(a)]
+    finally:
+        a.close()
+        b.close()
+
+
+def _wait_for(cond, timeout=5.0):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
