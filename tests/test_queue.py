@@ -294,3 +294,32 @@ def _wait_for(cond, timeout=5.0):
         if time.monotonic() > end:
             raise AssertionError("condition not reached")
         time.sleep(0.01)
+
+
+def _square(x):
+    return x * x
+
+
+def test_reader_handle_is_level_triggered_for_wait(fctx):
+    from multiprocessing.connection import wait
+
+    q = fctx.SimpleQueue()
+    assert wait([q._reader], timeout=0.05) == []
+    p = fctx.Process(target=_produce, args=(q, 7, 2))
+    p.start()
+    assert wait([q._reader], timeout=30) == [q._reader]
+    assert q._reader.recv() == 7
+    assert q._reader.poll(30)
+    assert q.get() == 8
+    p.join(30)
+    assert wait([q._reader], timeout=0.05) == []
+    assert not q._reader.poll(0)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_stdlib_executor_runs_on_a_fastmp_context(method):
+    import concurrent.futures as cf
+
+    with cf.ProcessPoolExecutor(2, mp_context=fastmp.get_context(method)) as ex:
+        assert list(ex.map(_square, range(50))) == [x * x for x in range(50)]
+        assert ex.submit(pow, 3, 4).result(timeout=60) == 81

@@ -13,8 +13,8 @@ namespace {
 
 class py_queue {
 public:
-    py_queue(std::int64_t maxsize, int fd)
-        : q_(fd >= 0 ? shm_queue::attach(fd) : shm_queue::create(maxsize)) {}
+    py_queue(std::int64_t maxsize, int fd, int doorbell_fd)
+        : q_(fd >= 0 ? shm_queue::attach(fd, doorbell_fd) : shm_queue::create(maxsize)) {}
 
     void put(py::handle self, py::handle obj, py::handle block, py::handle timeout) {
         check_open(self);
@@ -77,6 +77,8 @@ public:
     void close() { closed_ = true; }
     bool closed() const { return closed_; }
     int fd() const { return q_.fd(); }
+    int doorbell_fd() const { return q_.doorbell_fd(); }
+    void enable_doorbell() { q_.enable_doorbell(); }
     std::uint64_t maxsize() const { return q_.maxsize(); }
     std::uint64_t capacity_bytes() { return q_.capacity_bytes(); }
     std::uint64_t unfinished() { return q_.unfinished_tasks(); }
@@ -128,7 +130,8 @@ private:
 void register_queue(py::module_& m) {
     py::class_<py_queue>(m, "Queue", py::dynamic_attr(),
                          "Shared-memory MPMC queue (mechanism only; see fastmp.queues).")
-        .def(py::init<std::int64_t, int>(), py::arg("maxsize") = 0, py::arg("fd") = -1)
+        .def(py::init<std::int64_t, int, int>(), py::arg("maxsize") = 0, py::arg("fd") = -1,
+             py::arg("doorbell_fd") = -1)
         .def(
             "put",
             [](py::handle self, py::handle obj, py::handle block, py::handle timeout) {
@@ -166,6 +169,8 @@ void register_queue(py::module_& m) {
         .def("_close", &py_queue::close)
         .def_property_readonly("_closed", &py_queue::closed)
         .def("_fd", &py_queue::fd)
+        .def("_doorbell_fd", &py_queue::doorbell_fd)
+        .def("_enable_doorbell", &py_queue::enable_doorbell)
         .def_property_readonly("_maxsize", &py_queue::maxsize)
         .def("_capacity_bytes", &py_queue::capacity_bytes)
         .def("_task_done", &py_queue::task_done)

@@ -2,6 +2,10 @@
 
 #include <cstring>
 
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
 namespace fastmp {
 
 using detail::queue_header;
@@ -33,6 +37,8 @@ static_assert(sizeof(queue_header) <= 4096, "queue header must fit in one page")
 shm_queue shm_queue::create(std::int64_t maxsize) {
     shm_queue q;
     q.fd_ = make_memfd("fastmp-queue", header_bytes() + initial_cap);
+    q.doorbell_ = unique_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (q.doorbell_.get() < 0) throw_errno("eventfd for queue");
     q.header_ = mapping(q.fd_.get(), 0, header_bytes());
     q.ring_ = mapping(q.fd_.get(), header_bytes(), initial_cap);
     queue_header* h = q.hdr();  // zero-filled by the kernel
@@ -44,9 +50,13 @@ shm_queue shm_queue::create(std::int64_t maxsize) {
     return q;
 }
 
-shm_queue shm_queue::attach(int fd) {
+shm_queue shm_queue::attach(int fd, int doorbell_fd) {
     shm_queue q;
+    q.doorbell_ = unique_fd(doorbell_fd);
     q.fd_ = adopt_memfd(fd);
+    if (doorbell_fd < 0) throw sys_error(EBADF, "queue attached without its doorbell fd");
+    ::fcntl(doorbell_fd, F_SETFD, FD_CLOEXEC);
+    ::fcntl(doorbell_fd, F_SETFL, ::fcntl(doorbell_fd, F_GETFL) | O_NONBLOCK);
     std::size_t size = file_size(q.fd_.get());
     if (size < header_bytes() + initial_cap) throw sys_error(EINVAL, "shared queue segment is too small");
     q.header_ = mapping(q.fd_.get(), 0, header_bytes());
@@ -77,7 +87,28 @@ void shm_queue::lock() {
         notify(h->not_empty, 0);
         notify(h->not_full, 0);
         if (h->state.unfinished == 0) notify(h->all_done, 0);
+        if (atomic(h->doorbell_on).load()) sync_doorbell(h->state.count);
     }
+}
+
+void shm_queue::sync_doorbell(std::uint64_t count) noexcept {
+    // Called under the lock. An eventfd counter > 0 means readable.
+    if (count > 0) {
+        ::eventfd_write(doorbell_.get(), 1);
+    } else {
+        eventfd_t drained;
+        ::eventfd_read(doorbell_.get(), &drained);  // EAGAIN when already 0: fine
+    }
+}
+
+void shm_queue::enable_doorbell() {
+    queue_header* h = hdr();
+    lock();
+    if (!atomic(h->doorbell_on).load()) {
+        atomic(h->doorbell_on).store(1);
+        sync_doorbell(h->state.count);
+    }
+    unlock();
 }
 
 void shm_queue::commit(const queue_state& s) noexcept {
@@ -172,11 +203,13 @@ status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t&
         }
     } catch (...) {
         if (done) commit(s);
+        if (done && h->state.count == done && atomic(h->doorbell_on).load()) sync_doorbell(done);
         unlock();
         if (done) notify(h->not_empty, static_cast<int>(done));
         throw;
     }
     if (done) commit(s);
+    if (done && s.count == done && atomic(h->doorbell_on).load()) sync_doorbell(s.count);
     unlock();
     if (done) notify(h->not_empty, static_cast<int>(done));
     return done == n ? status::ok : status::full;
@@ -206,6 +239,7 @@ void shm_queue::after_pop(queue_state& s, std::size_t taken) {
         }
     }
     commit(s);
+    if (s.count == 0 && atomic(h->doorbell_on).load()) sync_doorbell(0);
     if (released_to) punch(fd_.get(), header_bytes() + released_from, released_to - released_from);
     if (h->maxsize != unbounded) notify(h->not_full, static_cast<int>(taken));
 }

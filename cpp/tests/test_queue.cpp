@@ -123,7 +123,7 @@ TEST(Queue, AcrossForkAndAttach) {
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    auto q2 = shm_queue::attach(dup(q.fd()));
+    auto q2 = shm_queue::attach(dup(q.fd()), dup(q.doorbell_fd()));
     std::string s;
     for (int i = 0; i < 1000; ++i) {
         ASSERT_TRUE(pop_str(q2, s));
@@ -138,7 +138,7 @@ TEST(Queue, HolderKilledInsideLockIsRecovered) {
     if (pid == 0) {
         // Push large messages forever; SIGKILL lands mid-copy under the lock
         // most of the time (and mid-growth some of the time).
-        auto q_child = shm_queue::attach(dup(q.fd()));
+        auto q_child = shm_queue::attach(dup(q.fd()), dup(q.doorbell_fd()));
         std::string big(48u << 20, 'b');
         for (;;) push_str(q_child, big);
     }
@@ -159,6 +159,29 @@ TEST(Queue, HolderKilledInsideLockIsRecovered) {
 TEST(Queue, AttachRejectsForeignFd) {
     int fds[2];
     ASSERT_EQ(pipe(fds), 0);
-    EXPECT_THROW(shm_queue::attach(fds[0]), sys_error);
+    EXPECT_THROW(shm_queue::attach(fds[0], dup(fds[1])), sys_error);
     close(fds[1]);
+}
+
+#include <poll.h>
+
+static bool readable(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLIN);
+}
+
+TEST(Queue, DoorbellIsReadableExactlyWhileItemsAreQueued) {
+    auto q = shm_queue::create(0);
+    ASSERT_EQ(push_str(q, "early"), status::ok);
+    EXPECT_FALSE(readable(q.doorbell_fd()));  // silent until enabled
+    q.enable_doorbell();
+    EXPECT_TRUE(readable(q.doorbell_fd()));
+    ASSERT_EQ(push_str(q, "second"), status::ok);
+    std::string s;
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_TRUE(readable(q.doorbell_fd()));
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_FALSE(readable(q.doorbell_fd()));
+    ASSERT_EQ(push_str(q, "third"), status::ok);
+    EXPECT_TRUE(readable(q.doorbell_fd()));
 }

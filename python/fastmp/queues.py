@@ -38,11 +38,49 @@ def _check_maxsize(maxsize) -> int:
         ) from None
 
 
-def _rebuild(cls, maxsize, fd_holder, state):
+def _rebuild(cls, maxsize, fd_holder, doorbell_holder, state):
     obj = cls.__new__(cls)
-    _fastmp.Queue.__init__(obj, maxsize, fd_holder.detach())
+    _fastmp.Queue.__init__(obj, maxsize, fd_holder.detach(), doorbell_holder.detach())
     obj.__dict__.update(state)
     return obj
+
+
+class _Reader:
+    """A pollable read handle, like the stdlib queues' ``_reader`` Connection.
+
+    ``fileno()`` is readable exactly while the queue holds items, so
+    ``multiprocessing.connection.wait()``, ``select`` and the stdlib's
+    ProcessPoolExecutor (which waits on ``result_queue._reader``) work.
+    """
+
+    __slots__ = ("_queue",)
+
+    def __init__(self, q):
+        self._queue = q
+        q._enable_doorbell()
+
+    def fileno(self):
+        return self._queue._doorbell_fd()
+
+    def poll(self, timeout=0.0):
+        import select
+
+        if not self._queue.empty():
+            return True
+        if timeout is not None and timeout <= 0:
+            return False
+        r, _, _ = select.select([self.fileno()], [], [], timeout)
+        return bool(r)
+
+    def recv(self):
+        return self._queue.get()
+
+    @property
+    def closed(self):
+        return self._queue._closed
+
+    def close(self):
+        self._queue._close()
 
 
 class Queue(_fastmp.Queue):
@@ -69,11 +107,21 @@ class Queue(_fastmp.Queue):
     def cancel_join_thread(self):
         """Nothing to cancel: fastmp has no feeder thread."""
 
+    @property
+    def _reader(self):
+        reader = self.__dict__.get("_reader_handle")
+        if reader is None:
+            reader = self.__dict__["_reader_handle"] = _Reader(self)
+        return reader
+
     def __reduce__(self):
         _std_context.assert_spawning(self)
-        state = {k: v for k, v in self.__dict__.items() if k != "_ctx"}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_ctx", "_reader_handle")}
         state["_ctx"] = None
-        return (_rebuild, (type(self), self._maxsize, _fd_for_child(self._fd()), state))
+        return (
+            _rebuild,
+            (type(self), self._maxsize, _fd_for_child(self._fd()), _fd_for_child(self._doorbell_fd()), state),
+        )
 
 
 class JoinableQueue(Queue):

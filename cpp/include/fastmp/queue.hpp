@@ -18,6 +18,10 @@
 //   half-read one is never lost by anyone but the reader who died.
 // - Waiting uses event counters (futex words) with waiter counts, so a put
 //   only makes a syscall when someone sleeps.
+// - For select()/wait() users, each queue also has an eventfd "doorbell",
+//   created with the queue and shared the same way. It stays silent until
+//   someone asks for a pollable handle (enable_doorbell); from then on, under
+//   the lock, it is readable exactly while the queue holds items.
 #pragma once
 
 #include <cstddef>
@@ -59,7 +63,9 @@ struct queue_header {
     queue_state state;
     queue_state pending;
     std::uint64_t count_hint;    // atomic copy of state.count, read lock-free
-    std::uint64_t pad[4];
+    std::uint32_t doorbell_on;   // 1 once anyone polls the doorbell eventfd
+    std::uint32_t pad0;
+    std::uint64_t pad[3];
     event_word not_empty;
     event_word not_full;
     event_word all_done;         // unfinished reached 0
@@ -91,10 +97,13 @@ public:
 
     // maxsize <= 0 means unbounded.
     static shm_queue create(std::int64_t maxsize);
-    // Takes ownership of fd; checks magic, version and size.
-    static shm_queue attach(int fd);
+    // Takes ownership of both fds; checks magic, version and size.
+    static shm_queue attach(int fd, int doorbell_fd);
 
     int fd() const noexcept { return fd_.get(); }
+    int doorbell_fd() const noexcept { return doorbell_.get(); }
+    // From now on (in every process) the doorbell is readable while items are queued.
+    void enable_doorbell();
     std::uint64_t maxsize() const noexcept;  // 0 when unbounded
     std::uint64_t size_approx() const noexcept;
     std::uint64_t capacity_bytes();           // current ring size (for tests)
@@ -145,7 +154,10 @@ private:
     wait_result wait_on(detail::event_word& ev, std::uint32_t ticket, std::optional<clock::duration> t,
                         int spins);
 
+    void sync_doorbell(std::uint64_t count) noexcept;
+
     unique_fd fd_;
+    unique_fd doorbell_;
     mapping header_;  // fixed: waiters outside the lock only touch this
     mapping ring_;    // grows (and may move) under the lock only
 };
