@@ -128,7 +128,7 @@ private:
 }  // namespace
 
 void register_queue(py::module_& m) {
-    py::class_<py_queue>(m, "Queue", py::dynamic_attr(),
+    py::class_<py_queue>(m, "Queue",
                          "Shared-memory MPMC queue (mechanism only; see fastmp.queues).")
         .def(py::init<std::int64_t, int, int>(), py::arg("maxsize") = 0, py::arg("fd") = -1,
              py::arg("doorbell_fd") = -1)
