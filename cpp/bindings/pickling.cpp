@@ -8,12 +8,11 @@ namespace {
 
 // Installed by fastmp.reduction (policy lives in Python).
 struct pickling_state {
-    py::object pickler;   // _pickle.Pickler(bio, 5) with ForkingPickler's dispatch table
-    py::object bio;       // its io.BytesIO
+    py::object pickler;   // _pickle.Pickler(sink, 5) with ForkingPickler's dispatch table
+    py::object chunks;    // list the pickler's sink appends its output to
     py::object fallback;  // fastmp.reduction._dumps_fallback(obj) -> bytes, or raises
     py::object loads;     // pickle.loads
-    py::str dump = py::str("dump"), getvalue = py::str("getvalue"), seek = py::str("seek"),
-            truncate = py::str("truncate"), clear_memo = py::str("clear_memo");
+    py::str dump = py::str("dump"), clear_memo = py::str("clear_memo");
     bool in_use = false;
 };
 
@@ -32,20 +31,26 @@ py::object pickle_object(py::handle obj) {
     pickling_state& st = get_state();
     if (st.in_use) return st.fallback(obj);  // re-entered from a __reduce__: keep it simple
     st.in_use = true;
-    PyObject* r = PyObject_CallMethodOneArg(st.pickler.ptr(), st.dump.ptr(), obj.ptr());
+    PyObject* chunks = st.chunks.ptr();
     PyObject* data = nullptr;
+    PyObject* r = PyObject_CallMethodOneArg(st.pickler.ptr(), st.dump.ptr(), obj.ptr());
     if (r) {
         Py_DECREF(r);
-        data = PyObject_CallMethodNoArgs(st.bio.ptr(), st.getvalue.ptr());
+        Py_ssize_t n = PyList_GET_SIZE(chunks);
+        if (n == 1) {
+            data = PyList_GET_ITEM(chunks, 0);
+            Py_INCREF(data);
+        } else {  // large pickles arrive in frames
+            PyObject* empty = PyBytes_FromStringAndSize(nullptr, 0);
+            data = empty ? _PyBytes_Join(empty, chunks) : nullptr;
+            Py_XDECREF(empty);
+        }
     }
-    // Reset the buffer and memo whatever happened, keeping any pending error.
+    // Reset the output and memo whatever happened, keeping any pending error.
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
-    PyObject* zero = PyLong_FromLong(0);
-    Py_XDECREF(PyObject_CallMethodOneArg(st.bio.ptr(), st.seek.ptr(), zero));
-    Py_XDECREF(PyObject_CallMethodNoArgs(st.bio.ptr(), st.truncate.ptr()));
+    PyList_SetSlice(chunks, 0, PyList_GET_SIZE(chunks), nullptr);
     Py_XDECREF(PyObject_CallMethodNoArgs(st.pickler.ptr(), st.clear_memo.ptr()));
-    Py_XDECREF(zero);
     PyErr_Clear();
     PyErr_Restore(et, ev, tb);
     st.in_use = false;
@@ -150,13 +155,13 @@ void init_pickling(py::module_& m) {
     state = new pickling_state();  // lives as long as the interpreter; never freed at exit on purpose
     m.def(
         "_install_pickling",
-        [](py::object pickler, py::object bio, py::object fallback, py::object loads) {
+        [](py::object pickler, py::list chunks, py::object fallback, py::object loads) {
             state->pickler = std::move(pickler);
-            state->bio = std::move(bio);
+            state->chunks = std::move(chunks);
             state->fallback = std::move(fallback);
             state->loads = std::move(loads);
         },
-        "Called once by fastmp.reduction: the fast pickler, its buffer, the fallback and loads.");
+        "Called once by fastmp.reduction: the fast pickler, its output list, the fallback and loads.");
     m.def(
         "_encode_tag",
         [](py::handle obj) {

@@ -71,6 +71,17 @@ void mapping::resize(std::size_t size) {
     size_ = size;
 }
 
+void mapping::populate(std::size_t offset, std::size_t len, bool write) const noexcept {
+#ifndef MADV_POPULATE_READ
+    constexpr int MADV_POPULATE_READ = 22, MADV_POPULATE_WRITE = 23;  // Linux >= 5.14
+#endif
+    if (!base_ || offset >= size_) return;
+    if (len > size_ - offset) len = size_ - offset;
+    std::size_t ps = page_size();
+    std::size_t start = offset & ~(ps - 1);
+    ::madvise(base_ + start, len + (offset - start), write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+}
+
 void mapping::reset() noexcept {
     if (base_) ::munmap(base_, size_);
     base_ = nullptr;

@@ -13,6 +13,7 @@ import collections
 import copyreg
 import io
 import pickle
+import types
 from multiprocessing import reduction as _std
 
 globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_")})
@@ -59,10 +60,12 @@ loads = pickle.loads
 
 # A live view: reducers registered later with reduction.register() apply too.
 _dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
-_buffer = io.BytesIO()
-_pickler = pickle.Pickler(_buffer, HIGHEST_PROTOCOL)
+# The native side keeps one C pickler whose output goes straight into a list
+# (no BytesIO bookkeeping per message): it takes the chunks and clears the memo.
+_chunks: list = []
+_pickler = pickle.Pickler(types.SimpleNamespace(write=_chunks.append), HIGHEST_PROTOCOL)
 _pickler.dispatch_table = _dispatch_table
-_fastmp._install_pickling(_pickler, _buffer, _dumps_fallback, pickle.loads)
+_fastmp._install_pickling(_pickler, _chunks, _dumps_fallback, pickle.loads)
 
 
 def _fd_for_child(fd: int):

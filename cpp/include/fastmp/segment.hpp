@@ -73,6 +73,9 @@ public:
     // Resizes this view (the file must be large enough). May move it:
     // pointers into the old view become invalid.
     void resize(std::size_t size);
+    // Maps [offset, offset+len) in one go instead of one page fault per page
+    // (allocating the pages when `write`); best effort.
+    void populate(std::size_t offset, std::size_t len, bool write) const noexcept;
 
 private:
     void reset() noexcept;
