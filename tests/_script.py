@@ -18,7 +18,9 @@ class ScriptTimeout(AssertionError):
     pass
 
 
-def run_script(code: str, tmp_path: Path, timeout: float = 60, args=(), env=None) -> subprocess.CompletedProcess:
+def run_script(
+    code: str, tmp_path: Path, timeout: float = 60, args=(), env=None
+) -> subprocess.CompletedProcess:
     path = tmp_path / "script.py"
     path.write_text(textwrap.dedent(code))
     full_env = dict(os.environ)
@@ -39,7 +41,9 @@ def run_script(code: str, tmp_path: Path, timeout: float = 60, args=(), env=None
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
-        raise ScriptTimeout(f"script timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}") from None
+        raise ScriptTimeout(
+            f"script timed out after {timeout}s\nstdout:\n{out}\nstderr:\n{err}"
+        ) from None
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # anything the script left running

@@ -48,8 +48,25 @@ def test_fifo_and_types_round_trip_through_a_child(ctx):
     inq, outq = ctx.Queue(), ctx.Queue()
     p = ctx.Process(target=_echo, args=(inq, outq))
     p.start()
-    items = [0, -1, 2**62, 2**100, 1.5, "", "héllo wörld", b"", b"\x00" * 3, None, True, False,
-             (1, "a"), [1, [2]], {"k": {1, 2}}, bytearray(b"xy"), 3 + 4j]
+    items = [
+        0,
+        -1,
+        2**62,
+        2**100,
+        1.5,
+        "",
+        "héllo wörld",
+        b"",
+        b"\x00" * 3,
+        None,
+        True,
+        False,
+        (1, "a"),
+        [1, [2]],
+        {"k": {1, 2}},
+        bytearray(b"xy"),
+        3 + 4j,
+    ]
     for it in items:
         inq.put(it)
     inq.put(STOP)
@@ -142,7 +159,10 @@ def test_many_producers_many_consumers(ctx):
     n, producers, consumers = 3000, 3, 2
     total = producers * n
     ps = [ctx.Process(target=_produce, args=(q, k * n, n)) for k in range(producers)]
-    cs = [ctx.Process(target=_consume_sum, args=(q, out, total // consumers)) for _ in range(consumers)]
+    cs = [
+        ctx.Process(target=_consume_sum, args=(q, out, total // consumers))
+        for _ in range(consumers)
+    ]
     for p in ps + cs:
         p.start()
     sums = [out.get(timeout=60) for _ in cs]

@@ -6,8 +6,7 @@ same behaviour; queues (and, as they land, the other primitives) run on a C++
 shared-memory core. See README.md, "Differences from multiprocessing".
 """
 
-import sys
-
+import sys  # noqa: F401  (multiprocessing exposes it too)
 from multiprocessing import process  # noqa: F401  (as multiprocessing.process)
 
 from . import context, reduction  # noqa: F401

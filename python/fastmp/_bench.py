@@ -84,7 +84,9 @@ def run(rounds=5, scale=1.0, scenarios=None, out=print):
                 # fastmp gets more messages so both runs last long enough to time.
                 count = max(100, int(n * scale * (5 if lib == "fastmp" else 1)))
                 results[name][lib].append(fn(libs[lib], count, item))
-    out(f"{'scenario':<20} {'multiprocessing':>18} {'fastmp':>18} {'ratio':>8}   (median of {rounds})")
+    out(
+        f"{'scenario':<20} {'multiprocessing':>18} {'fastmp':>18} {'ratio':>8}   (median of {rounds})"
+    )
     summary = {}
     for name in names:
         _fn, _n, item, unit = SCENARIOS[name]

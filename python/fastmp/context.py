@@ -16,14 +16,7 @@ from multiprocessing import context as _std
 globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_")})
 
 from multiprocessing.context import (  # noqa: E402  (re-exported explicitly for readers and type checkers)
-    AuthenticationError,
     BaseContext,
-    BufferTooShort,
-    ProcessError,
-    TimeoutError,
-    assert_spawning,
-    get_spawning_popen,
-    set_spawning_popen,
 )
 
 __all__: list[str] = []

@@ -25,9 +25,20 @@ from concurrent.futures.process import BrokenProcessPool  # noqa: F401
 from . import context as _context
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BrokenExecutor", "BrokenProcessPool",
-    "CancelledError", "Executor", "Future", "InvalidStateError", "ProcessPoolExecutor",
-    "ThreadPoolExecutor", "TimeoutError", "as_completed", "wait",
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "BrokenExecutor",
+    "BrokenProcessPool",
+    "CancelledError",
+    "Executor",
+    "Future",
+    "InvalidStateError",
+    "ProcessPoolExecutor",
+    "ThreadPoolExecutor",
+    "TimeoutError",
+    "as_completed",
+    "wait",
 ]
 
 

@@ -19,9 +19,8 @@ What fastmp does differently:
 from __future__ import annotations
 
 import operator
-from queue import Empty, Full
-
 from multiprocessing import context as _std_context
+from queue import Empty, Full
 
 from . import _fastmp
 from .reduction import _fd_for_child
@@ -33,9 +32,7 @@ def _check_maxsize(maxsize) -> int:
     try:
         return operator.index(maxsize)
     except TypeError:
-        raise TypeError(
-            f"maxsize must be an integer, not {type(maxsize).__name__}"
-        ) from None
+        raise TypeError(f"maxsize must be an integer, not {type(maxsize).__name__}") from None
 
 
 def _rebuild(cls, maxsize, fd_holder, doorbell_holder, state):
@@ -120,7 +117,13 @@ class Queue(_fastmp.Queue):
         state["_ctx"] = None
         return (
             _rebuild,
-            (type(self), self._maxsize, _fd_for_child(self._fd()), _fd_for_child(self._doorbell_fd()), state),
+            (
+                type(self),
+                self._maxsize,
+                _fd_for_child(self._fd()),
+                _fd_for_child(self._doorbell_fd()),
+                state,
+            ),
         )
 
 

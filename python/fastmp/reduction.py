@@ -59,7 +59,7 @@ def dumps(obj) -> bytes:
 loads = pickle.loads
 
 # A live view: reducers registered later with reduction.register() apply too.
-_dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)
+_dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
 # The native side keeps one C pickler whose output goes straight into a list
 # (no BytesIO bookkeeping per message): it takes the chunks and clears the memo.
 _chunks: list = []
