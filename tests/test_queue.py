@@ -206,6 +206,10 @@ def test_simple_queue(ctx):
     assert q.get() == [1, 2]
     assert q.empty()
     q.close()
+    with pytest.raises(OSError, match="handle is closed"):
+        q.put(1)
+    with pytest.raises(OSError, match="handle is closed"):
+        q.get()
 
 
 # --- fastmp: what the stdlib cannot do, or does worse ---

@@ -74,8 +74,10 @@ public:
     std::uint64_t qsize() const { return q_.size_approx(); }
     bool empty() const { return q_.size_approx() == 0; }
     bool full() const { return q_.maxsize() != 0 && q_.size_approx() >= q_.maxsize(); }
-    void close() { closed_ = true; }
-    bool closed() const { return closed_; }
+    // Queue.close() makes later calls raise ValueError; SimpleQueue.close()
+    // makes them raise OSError, as the stdlib's closed pipe handles do.
+    void close(bool as_handle) { closed_ = as_handle ? closed_kind::handle : closed_kind::queue; }
+    bool closed() const { return closed_ != closed_kind::open; }
     int fd() const { return q_.fd(); }
     int doorbell_fd() const { return q_.doorbell_fd(); }
     void enable_doorbell() { q_.enable_doorbell(); }
@@ -85,7 +87,11 @@ public:
 
 private:
     void check_open(py::handle self) const {
-        if (!closed_) return;
+        if (closed_ == closed_kind::open) return;
+        if (closed_ == closed_kind::handle) {
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            throw py::error_already_set();
+        }
         std::string r = py::repr(self);
         throw py::value_error("Queue " + r + " is closed");
     }
@@ -121,8 +127,9 @@ private:
         if (!ok) raise_status(status::empty, "get");
     }
 
+    enum class closed_kind { open, queue, handle };
     shm_queue q_;
-    bool closed_ = false;
+    closed_kind closed_ = closed_kind::open;
 };
 
 }  // namespace
@@ -166,7 +173,7 @@ void register_queue(py::module_& m) {
         .def("qsize", &py_queue::qsize)
         .def("empty", &py_queue::empty)
         .def("full", &py_queue::full)
-        .def("_close", &py_queue::close)
+        .def("_close", &py_queue::close, py::arg("as_handle") = false)
         .def_property_readonly("_closed", &py_queue::closed)
         .def("_fd", &py_queue::fd)
         .def("_doorbell_fd", &py_queue::doorbell_fd)

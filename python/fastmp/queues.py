@@ -144,3 +144,7 @@ class SimpleQueue(Queue):
 
     def __init__(self, *, ctx=None):
         super().__init__(0, ctx=ctx)
+
+    def close(self):
+        """Closes this process's handle: later put/get here raise OSError."""
+        self._close(True)
