@@ -47,3 +47,47 @@ bool run_blocking(bool block, const deadline& dl, Ticket&& ticket, Attempt&& att
 }
 
 }  // namespace fastmp::py_bind
+
+namespace fastmp::py_bind {
+
+// --- Fast entry points for the hottest methods ---------------------------
+//
+// pybind11's generic dispatch costs ~100 ns per call, as much as a whole
+// small-message put. The few methods on the per-message path are therefore
+// also installed as plain METH_FASTCALL method descriptors on the pybind11
+// class (`add_fast_method`), which parse their own arguments.
+
+// The C++ object behind `self` (an instance of a pybind11 class of T or of a
+// Python subclass); TypeError if its __init__ never ran.
+template <class T>
+T& self_as(PyObject* self) {
+    auto* inst = reinterpret_cast<py::detail::instance*>(self);
+    void* v = inst->simple_layout ? inst->simple_value_holder[0] : inst->get_value_and_holder().value_ptr();
+    if (!v) throw py::type_error("fastmp object was not initialised (missing __init__ call?)");
+    return *static_cast<T*>(v);
+}
+
+// Fills out[0..n) from positional args and keyword names, in the order of
+// `names`; missing ones stay as given (defaults). Raises TypeError like Python.
+void parse_fast_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                     std::initializer_list<const char*> names, std::size_t required, PyObject** out);
+
+// Installs `def` (METH_FASTCALL | METH_KEYWORDS) as a method of `cls`.
+void add_fast_method(py::handle cls, PyMethodDef* def);
+
+// Wraps a C++ body so exceptions become Python errors (returns nullptr then).
+template <class F>
+PyObject* guarded(F&& body) noexcept {
+    try {
+        return body();
+    } catch (py::error_already_set& e) {
+        e.restore();
+    } catch (py::builtin_exception& e) {
+        e.set_error();
+    } catch (...) {
+        py::detail::translate_exception(std::current_exception());
+    }
+    return nullptr;
+}
+
+}  // namespace fastmp::py_bind

@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <cmath>
+#include <vector>
 
 namespace fastmp::py_bind {
 
@@ -52,6 +53,57 @@ void register_errors(py::module_&) {
             if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
         }
     });
+}
+
+}  // namespace fastmp::py_bind
+
+namespace fastmp::py_bind {
+
+void parse_fast_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
+                     std::initializer_list<const char*> names, std::size_t required, PyObject** out) {
+    const std::size_t n = names.size();
+    if (static_cast<std::size_t>(nargs) > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zu arguments (%zd given)", fname, n, nargs);
+        throw py::error_already_set();
+    }
+    std::vector<bool> seen(n, false);
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+        out[i] = args[i];
+        seen[static_cast<std::size_t>(i)] = true;
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; ++k) {
+        PyObject* key = PyTuple_GET_ITEM(kwnames, k);
+        std::size_t j = 0;
+        for (const char* name : names) {
+            if (PyUnicode_CompareWithASCIIString(key, name) == 0) break;
+            ++j;
+        }
+        if (j == n) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
+            throw py::error_already_set();
+        }
+        if (seen[j]) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", fname, key);
+            throw py::error_already_set();
+        }
+        out[j] = args[nargs + k];
+        seen[j] = true;
+    }
+    for (std::size_t j = 0; j < required; ++j) {
+        if (!seen[j]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names.begin()[j]);
+            throw py::error_already_set();
+        }
+    }
+}
+
+void add_fast_method(py::handle cls, PyMethodDef* def) {
+    PyObject* descr = PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), def);
+    if (!descr) throw py::error_already_set();
+    int rc = PyObject_SetAttrString(cls.ptr(), def->ml_name, descr);
+    Py_DECREF(descr);
+    if (rc != 0) throw py::error_already_set();
 }
 
 }  // namespace fastmp::py_bind

@@ -132,23 +132,57 @@ private:
     closed_kind closed_ = closed_kind::open;
 };
 
+// The per-message methods, as METH_FASTCALL (see add_fast_method).
+PyObject* fast_put(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        PyObject* a[3] = {nullptr, Py_True, Py_None};
+        parse_fast_args("put", args, nargs, kwnames, {"obj", "block", "timeout"}, 1, a);
+        self_as<py_queue>(self).put(self, a[0], a[1], a[2]);
+        Py_RETURN_NONE;
+    });
+}
+
+PyObject* fast_put_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        PyObject* a[1] = {nullptr};
+        parse_fast_args("put_nowait", args, nargs, kwnames, {"obj"}, 1, a);
+        self_as<py_queue>(self).put(self, a[0], Py_False, Py_None);
+        Py_RETURN_NONE;
+    });
+}
+
+PyObject* fast_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        PyObject* a[2] = {Py_True, Py_None};
+        parse_fast_args("get", args, nargs, kwnames, {"block", "timeout"}, 0, a);
+        return self_as<py_queue>(self).get(self, a[0], a[1]).release().ptr();
+    });
+}
+
+PyObject* fast_get_nowait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        parse_fast_args("get_nowait", args, nargs, kwnames, {}, 0, nullptr);
+        return self_as<py_queue>(self).get(self, Py_False, Py_None).release().ptr();
+    });
+}
+
+#define FASTMP_FAST_METHOD(name, fn, doc) \
+    PyMethodDef { name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn)), METH_FASTCALL | METH_KEYWORDS, doc }
+
+PyMethodDef fast_methods[] = {
+    FASTMP_FAST_METHOD("put", fast_put, "put(obj, block=True, timeout=None)\n--\n\nPut obj into the queue."),
+    FASTMP_FAST_METHOD("put_nowait", fast_put_nowait, "put_nowait(obj)\n--\n\nput(obj, False)."),
+    FASTMP_FAST_METHOD("get", fast_get, "get(block=True, timeout=None)\n--\n\nRemove and return an item."),
+    FASTMP_FAST_METHOD("get_nowait", fast_get_nowait, "get_nowait()\n--\n\nget(False)."),
+};
+
 }  // namespace
 
 void register_queue(py::module_& m) {
-    py::class_<py_queue>(m, "Queue",
+    auto cls = py::class_<py_queue>(m, "Queue",
                          "Shared-memory MPMC queue (mechanism only; see fastmp.queues).")
         .def(py::init<std::int64_t, int, int>(), py::arg("maxsize") = 0, py::arg("fd") = -1,
              py::arg("doorbell_fd") = -1)
-        .def(
-            "put",
-            [](py::handle self, py::handle obj, py::handle block, py::handle timeout) {
-                self.cast<py_queue&>().put(self, obj, block, timeout);
-            },
-            py::arg("obj"), py::arg("block") = true, py::arg("timeout") = py::none())
-        .def(
-            "put_nowait",
-            [](py::handle self, py::handle obj) { self.cast<py_queue&>().put(self, obj, Py_False, Py_None); },
-            py::arg("obj"))
         .def(
             "put_many",
             [](py::handle self, py::iterable items, py::handle block, py::handle timeout) {
@@ -156,13 +190,6 @@ void register_queue(py::module_& m) {
             },
             py::arg("items"), py::arg("block") = true, py::arg("timeout") = py::none(),
             "Put every item of an iterable, in order, with one lock round trip per batch (fastmp extra).")
-        .def(
-            "get",
-            [](py::handle self, py::handle block, py::handle timeout) {
-                return self.cast<py_queue&>().get(self, block, timeout);
-            },
-            py::arg("block") = true, py::arg("timeout") = py::none())
-        .def("get_nowait", [](py::handle self) { return self.cast<py_queue&>().get(self, Py_False, Py_None); })
         .def(
             "get_many",
             [](py::handle self, std::int64_t max_items, py::handle block, py::handle timeout) {
@@ -183,6 +210,7 @@ void register_queue(py::module_& m) {
         .def("_task_done", &py_queue::task_done)
         .def("_join_tasks", &py_queue::join_tasks)
         .def("_unfinished_tasks", &py_queue::unfinished);
+    for (PyMethodDef& def : fast_methods) add_fast_method(cls, &def);
 }
 
 }  // namespace fastmp::py_bind
