@@ -347,3 +347,42 @@ def test_stdlib_executor_runs_on_a_fastmp_context(method):
     with cf.ProcessPoolExecutor(2, mp_context=fastmp.get_context(method)) as ex:
         assert list(ex.map(_square, range(50))) == [x * x for x in range(50)]
         assert ex.submit(pow, 3, 4).result(timeout=60) == 81
+
+
+def _echo_arrays(inq, outq):
+    a = inq.get()
+    a[0, 0] = -1.0  # arrays arrive writable, like after an in-band unpickle
+    outq.put(a)
+
+
+def test_numpy_arrays_travel_out_of_band(fctx):
+    np = pytest.importorskip("numpy")
+    a = np.arange(200_000, dtype=np.float64).reshape(400, 500)
+    assert fastmp._fastmp._encode_tag(a) == 9  # protocol-5 buffers beside the pickle
+    inq, outq = fctx.Queue(), fctx.Queue()
+    p = fctx.Process(target=_echo_arrays, args=(inq, outq))
+    p.start()
+    inq.put(a)
+    b = outq.get(timeout=60)
+    p.join(30)
+    assert b.dtype == a.dtype and b.shape == a.shape
+    assert b[0, 0] == -1.0 and (b.ravel()[1:] == a.ravel()[1:]).all()
+    assert a[0, 0] == 0.0  # the sender's array is untouched
+
+
+def test_out_of_band_mixed_and_noncontiguous():
+    np = pytest.importorskip("numpy")
+    q = fastmp.Queue()
+    a = np.arange(10_000, dtype=np.int32).reshape(100, 100)
+    items = [
+        np.asfortranarray(a),
+        a[:, ::3],
+        {"x": a, "rest": [a[:2], "s"]},
+        pickle.PickleBuffer(b"raw"),
+    ]
+    q.put_many(items)
+    f, strided, d, pb = q.get_many(4)
+    assert (f == a).all() and f.flags.f_contiguous
+    assert (strided == a[:, ::3]).all()
+    assert (d["x"] == a).all() and (d["rest"][0] == a[:2]).all() and d["rest"][1] == "s"
+    assert bytes(pb) == b"raw"

@@ -10,11 +10,20 @@ namespace {
 struct pickling_state {
     py::object pickler;   // _pickle.Pickler(sink, 5) with ForkingPickler's dispatch table
     py::object chunks;    // list the pickler's sink appends its output to
+    py::object oob;       // list its buffer_callback appends PickleBuffers to
     py::object fallback;  // fastmp.reduction._dumps_fallback(obj) -> bytes, or raises
     py::object loads;     // pickle.loads
-    py::str dump = py::str("dump"), clear_memo = py::str("clear_memo");
+    py::str dump = py::str("dump"), clear_memo = py::str("clear_memo"), buffers = py::str("buffers");
     bool in_use = false;
 };
+
+// Out-of-band payload layout: u64 nbufs, u64 pickle_len, u64 len[nbufs], the
+// pickle, then each buffer at an offset (from the payload start) aligned to
+// oob_align, so numpy and friends get aligned memory on the other side.
+constexpr std::size_t oob_align = 64;
+const char zeros[oob_align] = {};
+
+std::size_t align_up(std::size_t n) { return (n + oob_align - 1) & ~(oob_align - 1); }
 
 pickling_state* state = nullptr;
 
@@ -27,11 +36,12 @@ pickling_state& get_state() {
     return *state;
 }
 
-py::object pickle_object(py::handle obj) {
+py::object pickle_object(py::handle obj, py::list& oob_out) {
     pickling_state& st = get_state();
     if (st.in_use) return st.fallback(obj);  // re-entered from a __reduce__: keep it simple
     st.in_use = true;
     PyObject* chunks = st.chunks.ptr();
+    PyObject* oob = st.oob.ptr();
     PyObject* data = nullptr;
     PyObject* r = PyObject_CallMethodOneArg(st.pickler.ptr(), st.dump.ptr(), obj.ptr());
     if (r) {
@@ -49,6 +59,8 @@ py::object pickle_object(py::handle obj) {
     // Reset the output and memo whatever happened, keeping any pending error.
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
+    if (data && PyList_GET_SIZE(oob) > 0) oob_out = py::reinterpret_steal<py::list>(PyList_GetSlice(oob, 0, PY_SSIZE_T_MAX));
+    PyList_SetSlice(oob, 0, PyList_GET_SIZE(oob), nullptr);
     PyList_SetSlice(chunks, 0, PyList_GET_SIZE(chunks), nullptr);
     Py_XDECREF(PyObject_CallMethodNoArgs(st.pickler.ptr(), st.clear_memo.ptr()));
     PyErr_Clear();
@@ -110,12 +122,41 @@ void encode(py::handle obj, encoded& out) {
         }
         PyErr_Clear();  // lone surrogates: pickle copes
     }
-    py::object data = pickle_object(obj);
+    py::list oob;
+    py::object data = pickle_object(obj, oob);
     if (!PyBytes_Check(data.ptr())) data = py::bytes(data);
     out.tag = tag_pickle;
     out.data = PyBytes_AS_STRING(data.ptr());
     out.size = static_cast<std::size_t>(PyBytes_GET_SIZE(data.ptr()));
     out.keep = std::move(data);
+    if (oob.empty()) return;
+    // Protocol-5 buffers (numpy arrays, PickleBuffer, ...) are gathered into
+    // the message as they are, instead of being copied into the pickle first.
+    out.tag = tag_pickle_oob;
+    out.oob_head.push_back(oob.size());
+    out.oob_head.push_back(out.size);
+    for (py::handle pb : oob) {
+        auto hb = std::make_unique<held_buffer>();
+        if (PyObject_GetBuffer(pb.ptr(), &hb->view, PyBUF_FULL_RO) != 0) throw py::error_already_set();
+        if (!PyBuffer_IsContiguous(&hb->view, 'A')) throw py::value_error("out-of-band pickle buffer is not contiguous");
+        out.oob_head.push_back(static_cast<std::uint64_t>(hb->view.len));
+        out.oob.push_back(std::move(hb));
+    }
+}
+
+message_view encoded::view() const {
+    if (tag != tag_pickle_oob) return message_view{tag, payload(), size};
+    parts_.clear();
+    std::size_t at = oob_head.size() * sizeof(std::uint64_t);
+    parts_.push_back({data, size});
+    at += size;
+    for (const auto& hb : oob) {
+        std::size_t pad = align_up(at) - at;
+        if (pad) parts_.push_back({zeros, pad});
+        parts_.push_back({hb->view.buf, static_cast<std::size_t>(hb->view.len)});
+        at += pad + static_cast<std::size_t>(hb->view.len);
+    }
+    return message_view{tag, oob_head.data(), oob_head.size() * sizeof(std::uint64_t), parts_.data(), parts_.size()};
 }
 
 py::object decode_raw(std::uint32_t tag, const void* data, std::size_t size) {
@@ -140,6 +181,9 @@ py::object decode_raw(std::uint32_t tag, const void* data, std::size_t size) {
         case tag_str: r = PyUnicode_DecodeUTF8(p, static_cast<Py_ssize_t>(size), "surrogatepass"); break;
         case tag_bytes:
         case tag_pickle: r = PyBytes_FromStringAndSize(p, static_cast<Py_ssize_t>(size)); break;
+        // Mutable, so the out-of-band buffers rebuilt over it are writable
+        // (as they are after an in-band unpickle).
+        case tag_pickle_oob: r = PyByteArray_FromStringAndSize(p, static_cast<Py_ssize_t>(size)); break;
         default: throw py::value_error("fastmp: corrupt message (unknown payload tag)");
     }
     if (!r) throw py::error_already_set();
@@ -147,21 +191,52 @@ py::object decode_raw(std::uint32_t tag, const void* data, std::size_t size) {
 }
 
 py::object finish_decode(std::uint32_t tag, py::object raw) {
-    if (tag != tag_pickle) return raw;
-    return get_state().loads(raw);
+    if (tag == tag_pickle) return get_state().loads(raw);
+    if (tag != tag_pickle_oob) return raw;
+    const char* base = PyByteArray_AS_STRING(raw.ptr());
+    const std::size_t total = static_cast<std::size_t>(PyByteArray_GET_SIZE(raw.ptr()));
+    auto word = [&](std::size_t i) {
+        std::uint64_t w;
+        if ((i + 1) * sizeof w > total) throw py::value_error("fastmp: corrupt message (out-of-band header)");
+        std::memcpy(&w, base + i * sizeof w, sizeof w);
+        return w;
+    };
+    const std::uint64_t nbufs = word(0), pickle_len = word(1);
+    if (nbufs > total / sizeof(std::uint64_t)) throw py::value_error("fastmp: corrupt message (buffer count)");
+    py::memoryview all = py::reinterpret_steal<py::memoryview>(PyMemoryView_FromObject(raw.ptr()));
+    if (!all) throw py::error_already_set();
+    auto slice = [&](std::size_t from, std::size_t len) {
+        if (from > total || len > total - from) throw py::value_error("fastmp: corrupt message (buffer bounds)");
+        return all[py::slice(static_cast<Py_ssize_t>(from), static_cast<Py_ssize_t>(from + len), 1)];
+    };
+    std::size_t at = (2 + nbufs) * sizeof(std::uint64_t);
+    py::object pickled = slice(at, pickle_len);
+    at += pickle_len;
+    py::list buffers;
+    for (std::uint64_t i = 0; i < nbufs; ++i) {
+        std::size_t len = word(2 + i);
+        at = align_up(at);
+        buffers.append(slice(at, len));
+        at += len;
+    }
+    pickling_state& st = get_state();
+    py::dict kw;
+    kw[st.buffers] = buffers;
+    return st.loads(pickled, **kw);
 }
 
 void init_pickling(py::module_& m) {
     state = new pickling_state();  // lives as long as the interpreter; never freed at exit on purpose
     m.def(
         "_install_pickling",
-        [](py::object pickler, py::list chunks, py::object fallback, py::object loads) {
+        [](py::object pickler, py::list chunks, py::list oob, py::object fallback, py::object loads) {
             state->pickler = std::move(pickler);
             state->chunks = std::move(chunks);
+            state->oob = std::move(oob);
             state->fallback = std::move(fallback);
             state->loads = std::move(loads);
         },
-        "Called once by fastmp.reduction: the fast pickler, its output list, the fallback and loads.");
+        "Called once by fastmp.reduction: the fast pickler, its output and buffer lists, the fallback and loads.");
     m.def(
         "_encode_tag",
         [](py::handle obj) {

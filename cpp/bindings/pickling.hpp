@@ -13,6 +13,10 @@
 
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <vector>
+
+#include <fastmp/queue.hpp>
 
 namespace fastmp::py_bind {
 
@@ -27,18 +31,36 @@ enum payload_tag : std::uint32_t {
     tag_none = 6,
     tag_true = 7,
     tag_false = 8,
+    tag_pickle_oob = 9,  // protocol-5 pickle + out-of-band buffers (see pickling.cpp)
 };
 
-// One encoded message: borrow `payload()` while this lives. Small payloads
-// sit in inline_buf (data == nullptr), so an `encoded` may be moved freely.
+// A held buffer export (released with the GIL held, on destruction).
+struct held_buffer {
+    Py_buffer view{};
+    held_buffer() = default;
+    held_buffer(const held_buffer&) = delete;
+    held_buffer& operator=(const held_buffer&) = delete;
+    ~held_buffer() {
+        if (view.obj) PyBuffer_Release(&view);
+    }
+};
+
+// One encoded message: borrow what `view()` points to while this lives.
+// Small payloads sit in inline_buf (data == nullptr) and the out-of-band
+// header in a heap vector, so an `encoded` may be moved freely.
 struct encoded {
     std::uint32_t tag = 0;
     const void* data = nullptr;
     std::size_t size = 0;
     py::object keep;
     char inline_buf[8];
+    // tag_pickle_oob only: the header words and the exported buffers.
+    std::vector<std::uint64_t> oob_head;
+    std::vector<std::unique_ptr<held_buffer>> oob;
+    mutable std::vector<message_part> parts_;
 
     const void* payload() const noexcept { return data ? data : inline_buf; }
+    message_view view() const;
 };
 
 // Encodes obj; raises the pickling error in the caller when nothing can pickle it.

@@ -20,7 +20,7 @@ public:
         check_open(self);
         encoded e;
         encode(obj, e);
-        message_view m{e.tag, e.payload(), e.size};
+        message_view m = e.view();
         push_all(&m, 1, block, timeout);
     }
 
@@ -33,7 +33,7 @@ public:
         }
         std::vector<message_view> msgs;
         msgs.reserve(enc.size());
-        for (const encoded& e : enc) msgs.push_back(message_view{e.tag, e.payload(), e.size});
+        for (const encoded& e : enc) msgs.push_back(e.view());
         if (!msgs.empty()) push_all(msgs.data(), msgs.size(), block, timeout);
     }
 

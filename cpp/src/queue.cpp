@@ -198,11 +198,18 @@ status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t&
         for (; done < n; ++done) {
             if (s.count >= h->maxsize) break;
             const message_view& m = msgs[done];
-            std::uint64_t need = record_bytes(m.size);
+            const std::uint64_t size = m.total();
+            std::uint64_t need = record_bytes(size);
             reserve(s, need);
             std::byte* at = ring_.data() + s.tail;
-            *reinterpret_cast<record_header*>(at) = record_header{m.size, m.tag, 0};
-            if (m.size) std::memcpy(at + sizeof(record_header), m.data, m.size);
+            *reinterpret_cast<record_header*>(at) = record_header{size, m.tag, 0};
+            std::byte* out = at + sizeof(record_header);
+            if (m.size) std::memcpy(out, m.data, m.size);
+            out += m.size;
+            for (std::size_t i = 0; i < m.nmore; ++i) {
+                if (m.more[i].size) std::memcpy(out, m.more[i].data, m.more[i].size);
+                out += m.more[i].size;
+            }
             s.tail += need;
             s.used += need;
             s.count += 1;

@@ -185,3 +185,13 @@ TEST(Queue, DoorbellIsReadableExactlyWhileItemsAreQueued) {
     ASSERT_EQ(push_str(q, "third"), status::ok);
     EXPECT_TRUE(readable(q.doorbell_fd()));
 }
+
+TEST(Queue, GatheredPartsArriveAsOnePayload) {
+    auto q = shm_queue::create(0);
+    std::string a = "head:", b(100000, 'b'), c = ":tail";
+    message_part parts[2] = {{b.data(), b.size()}, {c.data(), c.size()}};
+    ASSERT_EQ(q.try_push(message_view{7, a.data(), a.size(), parts, 2}), status::ok);
+    std::string s;
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_EQ(s, a + b + c);
+}

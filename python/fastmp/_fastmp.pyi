@@ -3,7 +3,9 @@
 from collections.abc import Iterable
 from typing import Any
 
-def _install_pickling(pickler: Any, chunks: list[bytes], fallback: Any, loads: Any) -> None: ...
+def _install_pickling(
+    pickler: Any, chunks: list[bytes], oob: list[Any], fallback: Any, loads: Any
+) -> None: ...
 def _encode_tag(obj: object) -> int: ...
 
 class Queue:

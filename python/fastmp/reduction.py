@@ -62,10 +62,15 @@ loads = pickle.loads
 _dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
 # The native side keeps one C pickler whose output goes straight into a list
 # (no BytesIO bookkeeping per message): it takes the chunks and clears the memo.
+# Protocol-5 out-of-band buffers (numpy arrays, PickleBuffer) go to a second
+# list and travel next to the pickle instead of being copied into it.
 _chunks: list = []
-_pickler = pickle.Pickler(types.SimpleNamespace(write=_chunks.append), HIGHEST_PROTOCOL)
+_oob: list = []
+_pickler = pickle.Pickler(
+    types.SimpleNamespace(write=_chunks.append), HIGHEST_PROTOCOL, buffer_callback=_oob.append
+)
 _pickler.dispatch_table = _dispatch_table
-_fastmp._install_pickling(_pickler, _chunks, _dumps_fallback, pickle.loads)
+_fastmp._install_pickling(_pickler, _chunks, _oob, _dumps_fallback, pickle.loads)
 
 
 def _fd_for_child(fd: int):

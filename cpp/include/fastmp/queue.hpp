@@ -82,11 +82,25 @@ static_assert(sizeof(record_header) == 16);
 
 }  // namespace detail
 
-// One message to put: an opaque tag and the payload bytes.
+struct message_part {
+    const void* data;
+    std::size_t size;
+};
+
+// One message to put: an opaque tag and the payload bytes, given as a first
+// part plus optional further parts that are gathered straight into the ring.
 struct message_view {
     std::uint32_t tag;
     const void* data;
     std::size_t size;
+    const message_part* more = nullptr;
+    std::size_t nmore = 0;
+
+    std::size_t total() const noexcept {
+        std::size_t t = size;
+        for (std::size_t i = 0; i < nmore; ++i) t += more[i].size;
+        return t;
+    }
 };
 
 class shm_queue {
