@@ -116,20 +116,37 @@ class Process(_std.Process):
 
 
 class DefaultContext(_FastmpFactories, _std.DefaultContext):
+    """fastmp's default context.
+
+    The start method is process-wide state shared with multiprocessing's own
+    default context, as a drop-in must: spawn and forkserver hand it to their
+    children through the stdlib's preparation data, so a child sees the start
+    method its parent chose (with fastmp or with multiprocessing).
+    """
+
     Process = Process
+
+    def __init__(self, std_default):
+        self._std_default = std_default
 
     def get_context(self, method=None):
         if method is None:
-            if self._actual_context is None:
-                self._actual_context = self._default_context
-            return self._actual_context
+            return _concrete_contexts[self._std_default.get_context()._name]
         return _FastmpFactories.get_context(self, method)
 
+    def set_start_method(self, method, force=False):
+        if method is not None:
+            _FastmpFactories.get_context(self, method)  # ValueError for unknown methods
+        self._std_default.set_start_method(method, force)
 
-# Same default start method as the stdlib on this platform and Python version.
-_default_context = DefaultContext(
-    _concrete_contexts[_std._default_context._default_context._name]  # type: ignore[attr-defined]
-)
+    def get_start_method(self, allow_none=False):
+        return self._std_default.get_start_method(allow_none)
+
+    def get_all_start_methods(self):
+        return self._std_default.get_all_start_methods()
+
+
+_default_context = DefaultContext(_std._default_context)  # type: ignore[attr-defined]
 
 if sys.platform == "win32":  # pragma: no cover
     raise ImportError("fastmp supports Linux only")

@@ -19,6 +19,7 @@ What fastmp does differently:
 from __future__ import annotations
 
 import operator
+import multiprocessing.queues as _std_queues
 from multiprocessing import context as _std_context
 from queue import Empty, Full
 
@@ -26,6 +27,12 @@ from . import _fastmp
 from .reduction import _fd_for_child
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
+
+# The helpers multiprocessing.queues exposes (Finalize, is_exiting, ...), so
+# code reaching for them through fastmp.queues finds them.
+globals().update(
+    {k: v for k, v in vars(_std_queues).items() if not k.startswith("_") and k not in __all__}
+)
 
 
 def _check_maxsize(maxsize) -> int:
