@@ -18,8 +18,8 @@ What fastmp does differently:
 
 from __future__ import annotations
 
-import operator
 import multiprocessing.queues as _std_queues
+import operator
 from multiprocessing import context as _std_context
 from queue import Empty, Full
 
