@@ -21,9 +21,9 @@ import time
 import types
 
 import pytest
-from _script import run_script
 
 import fastmp
+from _script import run_script
 
 SUBMODULES = [
     "queues",
@@ -63,7 +63,9 @@ def run_lib_script(tmp_path, code, lib, *args, timeout=60):
     workdir = tmp_path / lib
     workdir.mkdir(exist_ok=True)
     res = run_script(code, workdir, timeout=timeout, args=(lib, *args))
-    assert res.returncode == 0 and "Traceback" not in res.stderr, f"{lib}:\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0 and "Traceback" not in res.stderr, (
+        f"{lib}:\n{res.stdout}\n{res.stderr}"
+    )
     return [ast.literal_eval(line) for line in res.stdout.splitlines()]
 
 
@@ -91,7 +93,9 @@ def test_package_public_names_have_the_stdlib_signature_kind():
         ours, theirs = getattr(fastmp, name), getattr(multiprocessing, name)
         assert callable(ours) == callable(theirs), name
         if isinstance(theirs, type) and issubclass(theirs, BaseException):
-            assert ours is theirs, f"fastmp.{name} must be the stdlib exception so except clauses catch both"
+            assert ours is theirs, (
+                f"fastmp.{name} must be the stdlib exception so except clauses catch both"
+            )
 
 
 @pytest.mark.parametrize("name", SUBMODULES)
@@ -204,7 +208,10 @@ def test_set_and_get_start_method_behave_as_the_stdlibs(tmp_path):
         ("ok", "spawn"),
         ("RuntimeError", "context has already been set"),
     ]
-    assert ours[-2] == ("RuntimeError", "context has already been set")  # get_start_method() fixed it
+    assert ours[-2] == (
+        "RuntimeError",
+        "context has already been set",
+    )  # get_start_method() fixed it
 
 
 CHILD_START_METHOD_SCRIPT = """
@@ -257,7 +264,9 @@ class _Squarer:
     def run(self):
         self.result = self.x * self.x  # set in the child only
         me = multiprocessing.current_process()
-        self.q.put((self.name, me.name, self.result, os.getpid(), multiprocessing.parent_process().pid))
+        self.q.put(
+            (self.name, me.name, self.result, os.getpid(), multiprocessing.parent_process().pid)
+        )
         return "ignored"
 
 
@@ -418,7 +427,13 @@ def test_join_timeout_returns_none_while_alive(ctx):
 
 def test_process_before_start(ctx):
     p = ctx.Process(target=_return_normally, name="MyProcess")
-    assert (p.name, p.pid, p.exitcode, p.is_alive(), p.daemon) == ("MyProcess", None, None, False, False)
+    assert (p.name, p.pid, p.exitcode, p.is_alive(), p.daemon) == (
+        "MyProcess",
+        None,
+        None,
+        False,
+        False,
+    )
     assert re.fullmatch(r"\w*Process-\d+(:\d+)*", ctx.Process(target=_return_normally).name)
 
 
@@ -436,7 +451,9 @@ def test_daemon_flag_and_start_twice(ctx):
 
 def test_daemonic_process_cannot_have_children(ctx):
     q = ctx.Queue()
-    p = ctx.Process(target=_start_grandchild, args=(lib_of(ctx), ctx.get_start_method(), q), daemon=True)
+    p = ctx.Process(
+        target=_start_grandchild, args=(lib_of(ctx), ctx.get_start_method(), q), daemon=True
+    )
     p.start()
     try:
         assert q.get(timeout=60) == "daemonic processes are not allowed to have children"

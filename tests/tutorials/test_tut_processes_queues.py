@@ -37,7 +37,7 @@ from _script import run_script
 
 METHODS = ["fork", "spawn"]
 
-PRELUDE = r'''
+PRELUDE = r"""
 import atexit as _tut_atexit, os as _tut_os, sys as _tut_sys, time as _tut_time
 _tut_sys.stdout.reconfigure(line_buffering=True)
 _TUT_MAIN_PID = _tut_os.getpid() if __name__ == "__main__" else None
@@ -68,13 +68,15 @@ _TUT_START_METHOD = @START_METHOD@
 if __name__ == "__main__" and _TUT_START_METHOD is not None:
     import fastmp as _tut_mp
     _tut_mp.set_start_method(_TUT_START_METHOD)
-'''
+"""
 
 
 def build(code, method, *, lib="fastmp", main_scale=0.05, child_scale=0.05, hooks="", epilogue=""):
     """The script that runs: prelude, hooks, the tutorial's code, epilogue."""
     assert re.search(r"^\s*(import|from) fastmp\b", code, re.M), "the port must import fastmp"
-    assert not re.search(r"^\s*(import|from) multiprocessing\b", code, re.M), "stdlib import left in the port"
+    assert not re.search(r"^\s*(import|from) multiprocessing\b", code, re.M), (
+        "stdlib import left in the port"
+    )
     prelude = (
         PRELUDE.replace("@MAIN_SCALE@", repr(main_scale))
         .replace("@CHILD_SCALE@", repr(child_scale))
@@ -196,7 +198,7 @@ class WorkerProcess(multiprocessing.Process):
     def __init__(self, name):
         super().__init__()
         self.name = name
-    
+
     def run(self):
         """進程執行的方法"""
         print(f"進程 {self.name} (PID: {os.getpid()}) 開始工作")
@@ -210,16 +212,18 @@ if __name__ == '__main__':
     worker.join()
 '''
 
-EPI_001_2 = r'''
+EPI_001_2 = r"""
 if __name__ == "__main__":
     print("TUT worker", (worker.name, worker.exitcode, worker.pid is not None, os.getpid() != worker.pid))
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_001_2_process_subclass(tmp_path, method):
     lines = ok_lines(run_tut(tmp_path, T001_2, method, epilogue=EPI_001_2))
-    assert grep(lines, r"進程 Worker-1 \(PID: (\d+)\) 開始工作") == grep(lines, r"進程 Worker-1 \(PID: (\d+)\) 完成工作")
+    assert grep(lines, r"進程 Worker-1 \(PID: (\d+)\) 開始工作") == grep(
+        lines, r"進程 Worker-1 \(PID: (\d+)\) 完成工作"
+    )
     assert len(grep(lines, r"進程 Worker-1 \(PID: (\d+)\) 完成工作")) == 1, lines
     assert tut_value(lines, "worker") == ("Worker-1", 0, True, True)
 
@@ -238,7 +242,7 @@ import random
 class TaskQueue:
     def __init__(self):
         self.queue = Queue()
-    
+
     def producer(self):
         """生產任務"""
         for i in range(5):
@@ -246,7 +250,7 @@ class TaskQueue:
             self.queue.put(task)
             print(f"生產任務: {task}")
             time.sleep(random.random())
-    
+
     def consumer(self):
         """消費任務"""
         while True:
@@ -273,10 +277,10 @@ if __name__ == '__main__':
     consumer.join()
 '''
 
-EPI_001_4 = r'''
+EPI_001_4 = r"""
 if __name__ == "__main__":
     print("TUT exitcodes", [producer.exitcode, consumer.exitcode])
-'''
+"""
 
 TASKS_001_4 = [f"Task-{i}" for i in range(5)]
 
@@ -416,39 +420,39 @@ def main06_process_context():
 T002_1 = (
     SEED_002_HEADER
     + SEED_002_MAIN01
-    + r'''
+    + r"""
 if __name__ == "__main__":
     main01_process_basics()
-'''
+"""
 )
 
 # FIX B7: under spawn a nested target cannot be pickled (the stdlib fails the
 # same way, see test_002_1_spawn_as_written); API_INVENTORY.md's fix moves the
 # target to module level. Nothing else changes.
-SEED_002_MAIN01_WORKER = r'''
+SEED_002_MAIN01_WORKER = r"""
     def worker(name):
         print(f"  åè¿›ç¨‹ {name} å¼€å§‹ï¼ŒPID={os.getpid()}")
         time.sleep(0.1)
         print(f"  åè¿›ç¨‹ {name} ç»“æŸ")
-'''
+"""
 
 T002_1_FIXED = (
     SEED_002_HEADER
     + textwrap.dedent(SEED_002_MAIN01_WORKER)
     + SEED_002_MAIN01.replace(SEED_002_MAIN01_WORKER, "\n")
-    + r'''
+    + r"""
 if __name__ == "__main__":
     main01_process_basics()
-'''
+"""
 )
 
 T002_6 = (
     SEED_002_HEADER
     + SEED_002_MAIN06
-    + r'''
+    + r"""
 if __name__ == "__main__":
     main06_process_context()
-'''
+"""
 )
 
 
@@ -501,7 +505,7 @@ def test_002_6_start_methods(tmp_path, method):
 # 003 — 第二部分：多进程
 # ---------------------------------------------------------------------------
 
-T003_4_1_2 = r'''
+T003_4_1_2 = r"""
 import os
 import time
 from fastmp import Process
@@ -523,7 +527,7 @@ if __name__ == "__main__":
     print("主进程强制退出")
     os._exit(0)  # ⚠️ 主进程立即消亡
 
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -577,7 +581,7 @@ if __name__ == '__main__':
 
 # While the parent is in its long sleep: wait (bounded) until three of its
 # children are zombies, then print the state of each child from /proc.
-HOOK_ZOMBIE_PROBE = r'''
+HOOK_ZOMBIE_PROBE = r"""
 def _tut_on_long_sleep():
     deadline = _tut_time.monotonic() + 20
     while True:
@@ -596,12 +600,14 @@ def _tut_on_long_sleep():
             break
         _tut_real_sleep(0.02)
     print("TUT children", kids)
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_003_4_2_2_zombies(tmp_path, method):
-    res = run_tut(tmp_path, T003_4_2_2, method, main_scale=0.02, child_scale=0.05, hooks=HOOK_ZOMBIE_PROBE)
+    res = run_tut(
+        tmp_path, T003_4_2_2, method, main_scale=0.02, child_scale=0.05, hooks=HOOK_ZOMBIE_PROBE
+    )
     lines = ok_lines(res)
     started = [int(pid) for _, pid in grep(lines, r"子进程 (\d) 已启动，PID可能是: (\d+)")]
     assert len(set(started)) == 3, lines
@@ -654,11 +660,11 @@ if __name__ == '__main__':
     print("程序结束，无僵尸进程")
 '''
 
-EPI_003_4_2_3 = r'''
+EPI_003_4_2_3 = r"""
 if __name__ == "__main__":
     print("TUT exitcodes", [p.exitcode for p in processes])
     print("TUT alive", [p.is_alive() for p in processes])
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -719,16 +725,18 @@ if __name__ == '__main__':
 
 # Runs at interpreter exit, after multiprocessing's exit handler has dealt
 # with the daemon (terminate + join).
-HOOK_DAEMON_EXIT = r'''
+HOOK_DAEMON_EXIT = r"""
 def _tut_after_exit():
     print("TUT daemon", (daemon_process.daemon, daemon_process.exitcode))
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_003_4_3_2_daemon(tmp_path, method):
     # Main: 6 s -> 0.3 s. The daemon would need 10 x 2 s -> 2 s to finish on its own.
-    res = run_tut(tmp_path, T003_4_3_2, method, main_scale=0.05, child_scale=0.1, hooks=HOOK_DAEMON_EXIT)
+    res = run_tut(
+        tmp_path, T003_4_3_2, method, main_scale=0.05, child_scale=0.1, hooks=HOOK_DAEMON_EXIT
+    )
     lines = ok_lines(res)
     assert [int(i) for (i,) in grep(lines, r"主进程工作中\.\.\. (\d)/5")] == [1, 2, 3, 4, 5], lines
     end = index_of(lines, "主进程结束 - 守护进程也会自动结束")
@@ -784,9 +792,17 @@ def test_003_5_2_1_basic_usage(tmp_path, method):
     ((child_pid,),) = grep(lines, r"进程 Worker-1 开始工作，PID: (\d+)")
     assert main_pid != child_pid
     child = [line for line in lines if line.startswith("进程 Worker-1 ")]
-    assert child[1:] == [f"进程 Worker-1 工作中... {i}/3" for i in (1, 2, 3)] + ["进程 Worker-1 工作完成"], lines
+    assert child[1:] == [f"进程 Worker-1 工作中... {i}/3" for i in (1, 2, 3)] + [
+        "进程 Worker-1 工作完成"
+    ], lines
     main = [line for line in lines if not line.startswith("进程 Worker-1 ")]
-    assert main == [f"主进程PID: {main_pid}", "启动子进程...", "主进程继续执行其他任务", "等待子进程结束...", "所有任务完成"]
+    assert main == [
+        f"主进程PID: {main_pid}",
+        "启动子进程...",
+        "主进程继续执行其他任务",
+        "等待子进程结束...",
+        "所有任务完成",
+    ]
     assert lines[-1] == "所有任务完成"
 
 
@@ -953,8 +969,14 @@ def test_003_5_3_1_process_subclasses(tmp_path, method):
     pids = [pid for (pid,) in grep(lines, r"进程PID: (\d+)")]
     assert len(pids) == 3 and len({main_pid, *pids}) == 4, lines
     # current_process().name in the child is the name= given to the subclass.
-    for name, task, n in [("Cleaner", "数据清洗", 3), ("Analyzer", "数据分析", 4), ("Reporter", "报告生成", 2)]:
-        own = [line for line in lines if name in line and not line.startswith(("启动进程", "进程 "))]
+    for name, task, n in [
+        ("Cleaner", "数据清洗", 3),
+        ("Analyzer", "数据分析", 4),
+        ("Reporter", "报告生成", 2),
+    ]:
+        own = [
+            line for line in lines if name in line and not line.startswith(("启动进程", "进程 "))
+        ]
         assert own == (
             [f"自定义进程 {name} 开始执行任务: {task}"]
             + [f"{name} - {task} 进度: {i}/{n}" for i in range(1, n + 1)]
@@ -968,7 +990,7 @@ def test_003_5_3_1_process_subclasses(tmp_path, method):
     ), lines
 
 
-T003_5_4_2A = r'''
+T003_5_4_2A = r"""
 # 错误：没有使用 if __name__ == '__main__'
 import fastmp as multiprocessing
 
@@ -979,12 +1001,12 @@ def worker():
 process = multiprocessing.Process(target=worker)
 process.start()
 process.join()
-'''
+"""
 
-EPI_EXITCODE_PROCESS = r'''
+EPI_EXITCODE_PROCESS = r"""
 if __name__ == "__main__":
     print("TUT exitcode", process.exitcode)
-'''
+"""
 
 
 def test_003_5_4_2a_unguarded_fork(tmp_path):
@@ -1017,7 +1039,9 @@ def test_003_5_4_2a_unguarded_spawn_fails_like_stdlib(tmp_path, lib, request):
                 "child's unguarded start() forks instead of raising the stdlib's RuntimeError",
             )
         )
-    _check_003_5_4_2a_spawn(run_tut(tmp_path, T003_5_4_2A, "spawn", lib=lib, epilogue=EPI_EXITCODE_PROCESS))
+    _check_003_5_4_2a_spawn(
+        run_tut(tmp_path, T003_5_4_2A, "spawn", lib=lib, epilogue=EPI_EXITCODE_PROCESS)
+    )
 
 
 T003_5_4_2B = r'''
@@ -1062,7 +1086,7 @@ def test_003_5_4_2b_guarded(tmp_path, method):
     assert lines[-1] == "所有进程完成" and len(lines) == 5
 
 
-T003_6_1_1 = r'''
+T003_6_1_1 = r"""
 import time, random
 from fastmp import Process
 
@@ -1083,17 +1107,19 @@ if __name__ == '__main__':
         p.join()
 
     print(num)  # num=?
-'''
+"""
 
-EPI_EXITCODES_PROCESS_LIST = r'''
+EPI_EXITCODES_PROCESS_LIST = r"""
 if __name__ == "__main__":
     print("TUT exitcodes", [p.exitcode for p in process_list])
-'''
+"""
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_003_6_1_1_data_isolation(tmp_path, method):
-    lines = with_stdlib_parity(tmp_path, T003_6_1_1, method, ok_lines, epilogue=EPI_EXITCODES_PROCESS_LIST)
+    lines = with_stdlib_parity(
+        tmp_path, T003_6_1_1, method, ok_lines, epilogue=EPI_EXITCODES_PROCESS_LIST
+    )
     # Each child decremented its own copy; the parent's global is untouched.
     assert lines == ["100", "TUT exitcodes " + str([0] * 10)]
 
@@ -1180,7 +1206,9 @@ def check_consumption(consumed_by, produced_by):
     for c, items in consumed_by.items():
         for p in produced_by:
             mine = [order[item][1] for item in items if order[item][0] == p]
-            assert mine == sorted(mine), f"consumer {c} got producer {p}'s items out of order: {items}"
+            assert mine == sorted(mine), (
+                f"consumer {c} got producer {p}'s items out of order: {items}"
+            )
     return seen
 
 
@@ -1189,9 +1217,14 @@ def test_003_6_2_1_queue_basics(tmp_path, method):
     lines = ok_lines(run_tut(tmp_path, T003_6_2_1, method))
     produced = {p: [f"Producer-{p}-Item-{i}" for i in (1, 2, 3)] for p in ("1", "2")}
     for p, items in produced.items():
-        assert [item for q, item in grep(lines, r"生产者 (\d) 生产: (.*)") if q == p] == items, lines
+        assert [item for q, item in grep(lines, r"生产者 (\d) 生产: (.*)") if q == p] == items, (
+            lines
+        )
         assert f"生产者 {p} 完成" in lines
-    consumed = {c: [item for d, item in grep(lines, r"消费者 (\d) 消费: (.*)") if d == c] for c in ("1", "2")}
+    consumed = {
+        c: [item for d, item in grep(lines, r"消费者 (\d) 消费: (.*)") if d == c]
+        for c in ("1", "2")
+    }
     check_consumption(consumed, produced)
     ends = dict(grep(lines, r"消费者 (\d) 收到结束信号: (END-\d)"))
     assert sorted(ends) == ["1", "2"] and set(ends.values()) <= {"END-1", "END-2"}, lines
@@ -1297,11 +1330,11 @@ if __name__ == '__main__':
 
 # Seeding the parent's random module lets the test recompute every result.
 SEED_003_6_2_2 = 20261122
-HOOK_SEED_003_6_2_2 = f'''
+HOOK_SEED_003_6_2_2 = f"""
 if __name__ == "__main__":
     import random as _tut_random
     _tut_random.seed({SEED_003_6_2_2})
-'''
+"""
 
 
 def expected_003_6_2_2():
@@ -1347,15 +1380,15 @@ if __name__ == "__main__":
     # 创建进程
     p1 = multiprocessing.Process(target=worker, args=("A", 2))
     p2 = multiprocessing.Process(target=worker, args=("B", 1))
-    
+
     # 启动进程
     p1.start()
     p2.start()
-    
+
     # 等待进程结束
     p1.join()
     p2.join()
-    
+
     print("All processes completed")
 '''
 
@@ -1378,7 +1411,7 @@ class WorkerProcess(multiprocessing.Process):
         super().__init__()
         self.name = name
         self.delay = delay
-    
+
     def run(self):
         """重写 run 方法"""
         print(f"Worker {self.name} started")
@@ -1388,25 +1421,25 @@ class WorkerProcess(multiprocessing.Process):
 
 if __name__ == "__main__":
     processes = []
-    
+
     # 创建并启动多个进程
     for i in range(3):
         p = WorkerProcess(f"Worker-{i}", i+1)
         processes.append(p)
         p.start()
-    
+
     # 等待所有进程完成
     for p in processes:
         p.join()
-    
+
     print("All workers completed")
 '''
 
-EPI_004_3_2 = r'''
+EPI_004_3_2 = r"""
 if __name__ == "__main__":
     print("TUT processes", [(p.name, p.exitcode, p.delay) for p in processes])
     print("TUT pids", len({p.pid for p in processes} - {None}))
-'''
+"""
 
 
 def _result_004_3_2(res):
@@ -1422,7 +1455,9 @@ def _result_004_3_2(res):
 @pytest.mark.parametrize("method", METHODS)
 def test_004_3_2_process_subclass(tmp_path, method):
     # The name assigned in __init__ sticks; run()'s return value is dropped (exit code 0).
-    assert with_stdlib_parity(tmp_path, T004_3_2, method, _result_004_3_2, epilogue=EPI_004_3_2) == [
+    assert with_stdlib_parity(
+        tmp_path, T004_3_2, method, _result_004_3_2, epilogue=EPI_004_3_2
+    ) == [
         ("Worker-0", 0, 1),
         ("Worker-1", 0, 2),
         ("Worker-2", 0, 3),
@@ -1455,49 +1490,53 @@ def consumer(queue, name):
 
 if __name__ == "__main__":
     queue = multiprocessing.Queue(maxsize=10)
-    
+
     # 创建生产者和消费者
     producers = [
         multiprocessing.Process(target=producer, args=(queue, f"P{i}"))
         for i in range(2)
     ]
-    
+
     consumers = [
         multiprocessing.Process(target=consumer, args=(queue, f"C{i}"))
         for i in range(3)
     ]
-    
+
     # 启动所有进程
     for p in producers + consumers:
         p.start()
-    
+
     # 等待生产者完成
     for p in producers:
         p.join()
-    
+
     # 发送结束信号给消费者
     for _ in consumers:
         queue.put(None)
-    
+
     # 等待消费者完成
     for c in consumers:
         c.join()
-    
+
     print("All processes completed")
 '''
 
-EPI_004_4_1 = r'''
+EPI_004_4_1 = r"""
 if __name__ == "__main__":
     print("TUT exitcodes", [p.exitcode for p in producers + consumers])
-'''
+"""
 
 
 def _result_004_4_1(res):
     lines = ok_lines(res)
-    produced = {p: [item for q, item in grep(lines, r"Producer (P\d) produced: (.*)") if q == p] for p in ("P0", "P1")}
+    produced = {
+        p: [item for q, item in grep(lines, r"Producer (P\d) produced: (.*)") if q == p]
+        for p in ("P0", "P1")
+    }
     assert produced == {p: [f"Item-{p}-{i}" for i in range(5)] for p in ("P0", "P1")}, lines
     consumed = {
-        c: [item for d, item in grep(lines, r"Consumer (C\d) consumed: (.*)") if d == c] for c in ("C0", "C1", "C2")
+        c: [item for d, item in grep(lines, r"Consumer (C\d) consumed: (.*)") if d == c]
+        for c in ("C0", "C1", "C2")
     }
     seen = check_consumption(consumed, produced)
     # Not a count (B18), but FIFO guarantees this much: every item of the
@@ -1531,15 +1570,15 @@ def worker_with_cleanup():
     # 设置信号处理
     signal.signal(signal.SIGTERM, graceful_shutdown)
     signal.signal(signal.SIGINT, graceful_shutdown)
-    
+
     try:
         print(f"Worker {os.getpid()} started")
-        
+
         # 模拟工作
         for i in range(10):
             print(f"Worker {os.getpid()} working... {i}")
             time.sleep(1)
-        
+
         print(f"Worker {os.getpid()} finished normally")
     except SystemExit:
         print(f"Worker {os.getpid()} exiting gracefully")
@@ -1552,30 +1591,30 @@ def worker_with_cleanup():
 
 if __name__ == "__main__":
     import os
-    
+
     processes = []
-    
+
     # 创建进程
     for i in range(2):
         p = multiprocessing.Process(target=worker_with_cleanup)
         processes.append(p)
         p.start()
-    
+
     # 等待一段时间
     time.sleep(3)
-    
+
     # 发送终止信号
     print("Sending termination signal...")
     for p in processes:
         p.terminate()  # 发送 SIGTERM
-    
+
     # 等待进程结束
     for p in processes:
         p.join(timeout=5)  # 最多等待5秒
         if p.is_alive():
             print(f"Process {p.pid} did not terminate, killing...")
             p.kill()  # 强制终止
-    
+
     print("All processes terminated")
 '''
 
@@ -1583,10 +1622,10 @@ if __name__ == "__main__":
 # spawned children (API_INVENTORY.md's fix). Nothing else changes.
 T004_7_2_FIXED = T004_7_2.replace("import sys\n", "import sys\nimport os\n", 1)
 
-EPI_004_7_2 = r'''
+EPI_004_7_2 = r"""
 if __name__ == "__main__":
     print("TUT processes", [(p.pid, p.exitcode) for p in processes])
-'''
+"""
 
 
 def _check_004_7_2_graceful(lines):
@@ -1596,11 +1635,16 @@ def _check_004_7_2_graceful(lines):
     for pid, _ in processes:
         own = [line for line in lines if line.startswith(f"Worker {pid} ")]
         assert own[0] == f"Worker {pid} started", lines
-        assert own[-2:] == [f"Worker {pid} exiting gracefully", f"Worker {pid} cleanup completed"], lines
+        assert own[-2:] == [
+            f"Worker {pid} exiting gracefully",
+            f"Worker {pid} cleanup completed",
+        ], lines
         assert all(line.startswith(f"Worker {pid} working... ") for line in own[1:-2]), lines
         assert index_of(lines, f"Worker {pid} exiting gracefully") > sent
     assert lines.count("Received signal 15, shutting down...") == 2, lines
-    assert not [line for line in lines if "finished normally" in line or "did not terminate" in line], lines
+    assert not [
+        line for line in lines if "finished normally" in line or "did not terminate" in line
+    ], lines
     assert lines[-2] == "All processes terminated", lines
 
 
@@ -1614,7 +1658,14 @@ def test_004_7_2_lifecycle_fixed(tmp_path, method):
     # The parent's 3 s (the time a spawned worker has to install its SIGTERM
     # handler) are scaled less under spawn.
     main_scale = 0.2 if method == "fork" else 0.5
-    res = run_tut(tmp_path, T004_7_2_FIXED, method, main_scale=main_scale, child_scale=0.5, epilogue=EPI_004_7_2)
+    res = run_tut(
+        tmp_path,
+        T004_7_2_FIXED,
+        method,
+        main_scale=main_scale,
+        child_scale=0.5,
+        epilogue=EPI_004_7_2,
+    )
     _check_004_7_2_graceful(ok_lines(res))
 
 
