@@ -99,15 +99,7 @@ def test_package_public_names_have_the_stdlib_signature_kind():
 
 
 @pytest.mark.parametrize("name", SUBMODULES)
-def test_submodule_has_every_public_name_of_the_stdlib_one(name, request):
-    if name == "queues":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="fastmp.queues lacks the names multiprocessing.queues re-exports from "
-                "multiprocessing.util: Finalize, debug, info, is_exiting, register_after_fork",
-            )
-        )
+def test_submodule_has_every_public_name_of_the_stdlib_one(name):
     theirs = importlib.import_module(f"multiprocessing.{name}")
     ours = importlib.import_module(f"fastmp.{name}")
     assert getattr(fastmp, name) is ours
@@ -233,16 +225,7 @@ CHILD_START_METHOD_SCRIPT = """
 
 
 @pytest.mark.parametrize("method", START_METHODS)
-def test_child_sees_the_start_method_it_was_started_with(tmp_path, method, request):
-    if method != "fork":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="fastmp bug: fastmp.set_start_method() does not reach children started with "
-                "spawn/forkserver; there fastmp.get_start_method() is 'fork' (the stdlib's child says "
-                "the method it was started with)",
-            )
-        )
+def test_child_sees_the_start_method_it_was_started_with(tmp_path, method):
     std = run_lib_script(tmp_path, CHILD_START_METHOD_SCRIPT, "multiprocessing", method)
     assert std == [(method, method), 0]
     assert run_lib_script(tmp_path, CHILD_START_METHOD_SCRIPT, "fastmp", method) == std

@@ -1031,16 +1031,7 @@ def ok_lines_parent_only(res):
 
 
 @pytest.mark.parametrize("lib", ["multiprocessing", "fastmp"])
-def test_003_5_4_2a_unguarded_spawn_fails_like_stdlib(tmp_path, lib, request):
-    if lib == "fastmp":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="fastmp bug: a spawned child does not inherit fastmp's start method "
-                "(fastmp.get_start_method() is 'fork' in a child started with spawn), so the "
-                "child's unguarded start() forks instead of raising the stdlib's RuntimeError",
-            )
-        )
+def test_003_5_4_2a_unguarded_spawn_fails_like_stdlib(tmp_path, lib):
     _check_003_5_4_2a_spawn(
         run_tut(tmp_path, T003_5_4_2A, "spawn", lib=lib, epilogue=EPI_EXITCODE_PROCESS)
     )
