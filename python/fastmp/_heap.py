@@ -26,6 +26,7 @@ from __future__ import annotations
 import bisect
 import mmap
 import os
+import sys
 import threading
 import weakref
 
@@ -75,35 +76,51 @@ class _Arena:
             self.fd = -1
         self.mmap = None
 
-    def __del__(self):
+    def __reduce__(self):
+        from multiprocessing.context import get_spawning_popen
+
+        from .reduction import _fd_for_child
+
+        if get_spawning_popen() is None:
+            # Outside process start-up, DupFd would start the stdlib's fd
+            # server thread; shared ctypes travel only by inheritance.
+            raise RuntimeError("shared ctypes objects should only be shared between processes through inheritance")
+        if self.fd < 0:
+            raise ValueError("cannot pickle a closed arena")
+        return _rebuild_arena, (_fd_for_child(self.fd), self.size)
+
+    def __del__(self, _close=os.close):
         # Arenas received from a parent (and the parent's arenas in a forked
         # child) are closed when their last block is garbage.
         if self.fd >= 0:
-            os.close(self.fd)
+            _close(self.fd)
             self.fd = -1
 
 
 class _Block:
     """``size`` bytes at ``offset`` in an arena; freed when garbage."""
 
-    __slots__ = ("arena", "offset", "size")
+    __slots__ = ("arena", "offset", "size", "zeroed")
 
-    def __init__(self, arena: _Arena, offset: int, size: int):
+    def __init__(self, arena: _Arena, offset: int, size: int, zeroed: bool = False):
         self.arena = arena
         self.offset = offset
         self.size = size
+        # True for a fresh dedicated memfd: it reads as zeros already, and
+        # writing zeros to 1 GiB would commit 1 GiB of memory.
+        self.zeroed = zeroed
 
     def create_memoryview(self) -> memoryview:
         return memoryview(self.arena.mmap)[self.offset : self.offset + self.size]
 
     def __reduce__(self):
-        from .reduction import _fd_for_child
+        # The arena is pickled as an object of its own, so that blocks of one
+        # arena pickled together (the Process arguments) pass its fd once.
+        return _Block, (self.arena, self.offset, self.size)
 
-        a = self.arena
-        return _rebuild_block, (_fd_for_child(a.fd), a.size, self.offset, self.size)
-
-    def __del__(self):
-        _heap.free(self)
+    def __del__(self, _finalizing=sys.is_finalizing):
+        if not _finalizing():  # at interpreter exit the process frees it all
+            _BLOCK_HEAP[0].free(self)
 
 
 class _Heap:
@@ -129,7 +146,7 @@ class _Heap:
             arena.free, arena.live = [], {}
             with self.lock:
                 self.arenas.append(arena)
-            return _Block(arena, 0, size)
+            return _Block(arena, 0, size, zeroed=True)
         with self.lock:
             self._drain_pending()
             for arena in self.arenas:
@@ -212,11 +229,12 @@ class _Heap:
             return arena
 
 
-def _rebuild_block(dupfd, arena_size: int, offset: int, size: int) -> _Block:
-    return _Block(_heap.attach(dupfd.detach(), arena_size), offset, size)
+def _rebuild_arena(dupfd, size: int) -> _Arena:
+    return _heap.attach(dupfd.detach(), size)
 
 
 _heap = _Heap()
+_BLOCK_HEAP = [_heap]  # reachable from _Block.__del__ while the module is torn down
 
 
 def malloc(size: int) -> _Block:

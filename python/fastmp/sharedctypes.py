@@ -19,15 +19,24 @@ from __future__ import annotations
 
 import ctypes
 import weakref
+from multiprocessing import heap  # noqa: F401  (a name of the stdlib module)
 from multiprocessing import sharedctypes as _std
 from multiprocessing.sharedctypes import rebuild_ctype, reduce_ctype, typecode_to_type
 
 from . import _heap
+from ._fastmp import _LockedArray, _LockedValue
 from .context import assert_spawning, reduction
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
 
 _ForkingPickler = reduction.ForkingPickler
+
+
+def get_context(method=None):
+    """fastmp's get_context (the stdlib module's name, bound to fastmp)."""
+    from .context import _default_context
+
+    return _default_context.get_context(method)
 
 # typecode_to_type, rebuild_ctype and reduce_ctype are the stdlib's own: a
 # fastmp block behaves as a stdlib BufferWrapper (create_memoryview, and it
@@ -46,11 +55,16 @@ def _new_value(type_):
     return rebuild_ctype(type_, _heap.malloc(size), None)
 
 
+def _zero(obj) -> None:
+    if not obj._wrapper.zeroed:
+        ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+
+
 def RawValue(typecode_or_type, *args):
     """Returns a ctypes object allocated from shared memory."""
     type_ = typecode_to_type.get(typecode_or_type, typecode_or_type)
     obj = _new_value(type_)
-    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    _zero(obj)
     obj.__init__(*args)
     return obj
 
@@ -60,11 +74,11 @@ def RawArray(typecode_or_type, size_or_initializer):
     type_ = typecode_to_type.get(typecode_or_type, typecode_or_type)
     if isinstance(size_or_initializer, int):
         obj = _new_value(type_ * size_or_initializer)
-        ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+        _zero(obj)
         return obj
     init = size_or_initializer
     obj = _new_value(type_ * len(init))
-    ctypes.memset(ctypes.addressof(obj), 0, ctypes.sizeof(obj))
+    _zero(obj)
     obj.__init__(*init)
     return obj
 
@@ -122,13 +136,13 @@ def synchronized(obj, lock=None, ctx=None):
     return scls(obj, lock, ctx)
 
 
-# --- locked attribute access -------------------------------------------------
+# --- locked access ------------------------------------------------------------
 #
-# The stdlib's accessor is a Python function that calls the bound
-# acquire/release around the ctypes attribute access inside try/finally. Here
-# the lock's own context-manager methods are fetched once per wrapper and the
-# accessor body is a single `with`, which CPython compiles to a cheaper path
-# (no extra frames, no try/finally bookkeeping on the Python side).
+# Synchronized.value and SynchronizedArray's items go through native
+# accessors (_LockedValue, _LockedArray in cpp/bindings/register_sharedctypes.cpp):
+# the same acquire / ctypes access / release as the stdlib's Python
+# properties, without a Python frame per access. Structure fields (rare) use
+# Python properties built by make_property.
 
 
 def make_property(name):
@@ -169,6 +183,9 @@ class SynchronizedBase(_std.SynchronizedBase):
             self._lock = ctx.RLock()
         self.acquire = self._lock.acquire
         self.release = self._lock.release
+        bind = getattr(self, "_bind", None)
+        if bind is not None:
+            bind(obj, self.acquire, self.release)
 
     def __enter__(self):
         return self._lock.__enter__()
@@ -190,33 +207,15 @@ class SynchronizedBase(_std.SynchronizedBase):
         return f"<{type(self).__name__} wrapper for {self._obj}>"
 
 
-class Synchronized(SynchronizedBase, _std.Synchronized):
-    """A synchronized shared ctypes scalar (``Value``)."""
-
-    @property
-    def value(self):
-        with self._lock:
-            return self._obj.value
-
-    @value.setter
-    def value(self, value):
-        with self._lock:
-            self._obj.value = value
+class Synchronized(_LockedValue, SynchronizedBase, _std.Synchronized):
+    """A synchronized shared ctypes scalar (``Value``); ``value`` is native."""
 
 
-class SynchronizedArray(SynchronizedBase, _std.SynchronizedArray):
-    """A synchronized shared ctypes array (``Array``); items and slices take the lock."""
+class SynchronizedArray(_LockedArray, SynchronizedBase, _std.SynchronizedArray):
+    """A synchronized shared ctypes array (``Array``); items and slices take the lock.
 
-    def __len__(self):
-        return len(self._obj)
-
-    def __getitem__(self, i):
-        with self._lock:
-            return self._obj[i]
-
-    def __setitem__(self, i, value):
-        with self._lock:
-            self._obj[i] = value
+    ``__getitem__``, ``__setitem__`` and ``__len__`` are native (_LockedArray).
+    """
 
     def __getslice__(self, start, stop):
         with self._lock:
