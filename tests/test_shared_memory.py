@@ -13,9 +13,8 @@ import stat
 import pytest
 
 import fastmp
-from fastmp import shared_memory as fsm
-
 from _script import run_script
+from fastmp import shared_memory as fsm
 
 
 def _shm_module(ctx):

@@ -84,7 +84,9 @@ class _Arena:
         if get_spawning_popen() is None:
             # Outside process start-up, DupFd would start the stdlib's fd
             # server thread; shared ctypes travel only by inheritance.
-            raise RuntimeError("shared ctypes objects should only be shared between processes through inheritance")
+            raise RuntimeError(
+                "shared ctypes objects should only be shared between processes through inheritance"
+            )
         if self.fd < 0:
             raise ValueError("cannot pickle a closed arena")
         return _rebuild_arena, (_fd_for_child(self.fd), self.size)

@@ -16,13 +16,12 @@ behind (for instance after kill -9), as in the stdlib.
 
 from __future__ import annotations
 
+import _posixshmem
 import mmap
 import os
 import types
 from multiprocessing import resource_tracker
 from multiprocessing import shared_memory as _std
-
-import _posixshmem
 
 __all__ = ["SharedMemory", "ShareableList"]
 

@@ -21,7 +21,11 @@ import ctypes
 import weakref
 from multiprocessing import heap  # noqa: F401  (a name of the stdlib module)
 from multiprocessing import sharedctypes as _std
-from multiprocessing.sharedctypes import rebuild_ctype, reduce_ctype, typecode_to_type
+from multiprocessing.sharedctypes import (  # noqa: F401  (names of the stdlib module)
+    rebuild_ctype,
+    reduce_ctype,
+    typecode_to_type,
+)
 
 from . import _heap
 from ._fastmp import _LockedArray, _LockedValue
@@ -37,6 +41,7 @@ def get_context(method=None):
     from .context import _default_context
 
     return _default_context.get_context(method)
+
 
 # typecode_to_type, rebuild_ctype and reduce_ctype are the stdlib's own: a
 # fastmp block behaves as a stdlib BufferWrapper (create_memoryview, and it
@@ -231,4 +236,3 @@ class SynchronizedString(SynchronizedArray, _std.SynchronizedString):
 
     value = make_property("value")
     raw = make_property("raw")
-
