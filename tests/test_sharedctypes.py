@@ -486,3 +486,47 @@ def test_sigkill_of_parent_leaves_nothing(tmp_path):
     assert list(tmpdir.iterdir()) == []
     new_shm = set(os.listdir("/dev/shm")) - shm0
     assert not [n for n in new_shm if n.startswith(("pym-", "fastmp"))]
+
+
+def _pass_on(v, a, method):
+    ctx = fastmp.get_context(method)
+    p = ctx.Process(target=_locked_increments, args=(v, 100))
+    p.start()
+    p.join()
+    a[0] = p.exitcode + 1
+
+
+def test_every_start_method_and_grandchildren(fctx):
+    # A child that received the objects passes them on to a grandchild
+    # (its arenas are foreign to it: it re-sends their fds).
+    v, a = fctx.Value("q", 0), fctx.Array("i", 3)
+    p = fctx.Process(target=_pass_on, args=(v, a, fctx.get_start_method()))
+    p.start()
+    _locked_increments(v, 100)
+    p.join()
+    assert p.exitcode == 0 and a[0] == 1
+    assert v.value == 200
+
+
+def test_heap_is_thread_safe():
+    import threading
+
+    out: list[list] = [[] for _ in range(4)]
+
+    def alloc(slot):
+        for i in range(2000):
+            out[slot].append(fsc.RawValue("q", slot * 10_000 + i))
+            if i % 3 == 0:
+                out[slot].pop(0)  # frees race with allocations elsewhere
+
+    threads = [threading.Thread(target=alloc, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    live = [v for vals in out for v in vals]
+    addrs = [ctypes.addressof(v) for v in live]
+    assert len(set(addrs)) == len(addrs)  # no two live values share memory
+    assert all(v.value // 10_000 in range(4) for v in live)
+    for slot, vals in enumerate(out):
+        assert [v.value // 10_000 for v in vals] == [slot] * len(vals)
