@@ -234,6 +234,28 @@ def test_stdlib_attacher_unlinks_creators_segment(tmp_path):
     assert "ALREADY_UNLINKED" in r.stdout
 
 
+UNTRACKED = r"""
+import os, signal
+from fastmp import shared_memory
+shm = shared_memory.SharedMemory(create=True, size=16, track=False)
+print("NAME", shm.name, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_track_false_is_not_reclaimed(tmp_path):
+    r = run_script(UNTRACKED, tmp_path, timeout=60)
+    name = r.stdout.split("NAME", 1)[1].split()[0]
+    try:
+        assert os.path.exists(f"/dev/shm/{name}")  # the caller's to unlink, as in 3.13
+        assert r.stderr == ""
+    finally:
+        s = fsm.SharedMemory(name=name, track=False)
+        s.close()
+        s.unlink()
+    assert not os.path.exists(f"/dev/shm/{name}")
+
+
 UNLINK_BY_ATTACHER = r"""
 import fastmp
 from fastmp import shared_memory

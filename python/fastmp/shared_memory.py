@@ -11,7 +11,8 @@ process exits its resource tracker unlinks the creator's segment and warns
 about a "leaked shared_memory object". Here an attaching process never
 unlinks the segment or warns about it unless it calls :meth:`unlink` itself.
 The creator's tracker still unlinks a segment that its process tree leaves
-behind (for instance after kill -9), as in the stdlib.
+behind (for instance after kill -9), as in the stdlib. Python 3.13's
+``track=False`` keyword is accepted (no tracking at all, even for the creator).
 """
 
 from __future__ import annotations
@@ -36,8 +37,12 @@ class SharedMemory(_std.SharedMemory):
     """
 
     _registered = False
+    _track = True
 
-    def __init__(self, name=None, create=False, size=0):
+    def __init__(self, name=None, create=False, size=0, *, track=True):
+        # track=False (Python 3.13's keyword): the resource tracker never
+        # hears of this segment, even from its creator.
+        self._track = track
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
         flags = os.O_RDWR
@@ -72,7 +77,7 @@ class SharedMemory(_std.SharedMemory):
                 _posixshmem.shm_unlink(self._name)
             self.close()
             raise
-        if create:
+        if create and track:
             # Only the creator: the tracker unlinks what its process tree
             # leaves behind, and must never do so for a mere attacher.
             resource_tracker.register(self._name, "shared_memory")
@@ -85,6 +90,8 @@ class SharedMemory(_std.SharedMemory):
         if not self._name:
             return
         _posixshmem.shm_unlink(self._name)
+        if not self._track:
+            return
         if not self._registered:
             # The creator may share this process's tracker (a child it
             # started): make sure no registration of the name survives,
