@@ -2,7 +2,8 @@
 
 What fastmp does differently:
 
-- The memory is anonymous (memfds, :mod:`fastmp._heap`), not files in /tmp:
+- The memory is anonymous (memfds, :mod:`fastmp._heap`), not files in
+  /dev/shm or /tmp:
   nothing is left behind when a process tree is killed with SIGKILL. Small
   objects share arenas; large ones (a 1 GiB ``RawArray`` works) get a sparse
   memfd of their own. ``numpy.frombuffer(arr.get_obj())`` is a zero-copy view
@@ -157,13 +158,21 @@ def make_property(name):
     except KeyError:
         pass
 
+    # The lock's bound acquire/release (C methods for SemLock-based locks)
+    # rather than `with self._lock:`, whose __enter__/__exit__ may be Python.
     def fget(self):
-        with self._lock:
+        self.acquire()
+        try:
             return getattr(self._obj, name)
+        finally:
+            self.release()
 
     def fset(self, value):
-        with self._lock:
+        self.acquire()
+        try:
             setattr(self._obj, name, value)
+        finally:
+            self.release()
 
     prop = prop_cache[name] = property(fget, fset)
     return prop
@@ -223,12 +232,10 @@ class SynchronizedArray(_LockedArray, SynchronizedBase, _std.SynchronizedArray):
     """
 
     def __getslice__(self, start, stop):
-        with self._lock:
-            return self._obj[start:stop]
+        return self[start:stop]
 
     def __setslice__(self, start, stop, values):
-        with self._lock:
-            self._obj[start:stop] = values
+        self[start:stop] = values
 
 
 class SynchronizedString(SynchronizedArray, _std.SynchronizedString):
