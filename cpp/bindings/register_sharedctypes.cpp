@@ -1,5 +1,6 @@
-// fastmp._fastmp._LockedValue / _LockedArray: the accessors behind
-// fastmp.sharedctypes.Synchronized and SynchronizedArray.
+// fastmp._fastmp._LockedValue / _LockedArray / _LockedString: the accessors
+// behind fastmp.sharedctypes.Synchronized, SynchronizedArray and
+// SynchronizedString.
 //
 // Why native: `v.value` on the stdlib's wrapper runs a Python function that
 // calls lock.acquire(), reads the ctypes attribute and calls lock.release()
@@ -33,6 +34,7 @@ struct locked {
 };
 
 PyObject* value_name = nullptr;  // interned "value"
+PyObject* raw_name = nullptr;    // interned "raw"
 
 int locked_traverse(PyObject* self, visitproc visit, void* arg) {
     auto* s = reinterpret_cast<locked*>(self);
@@ -106,10 +108,12 @@ bool lock_release(locked* s, bool ok) {
     return ok;
 }
 
-PyObject* value_get(PyObject* self, void*) {
+// Getters/setters of one attribute of the ctypes object; `closure` is its
+// interned name.
+PyObject* attr_get(PyObject* self, void* closure) {
     auto* s = reinterpret_cast<locked*>(self);
     if (!check_bound(s) || !lock_acquire(s)) return nullptr;
-    PyObject* v = PyObject_GetAttr(s->obj, value_name);
+    PyObject* v = PyObject_GetAttr(s->obj, static_cast<PyObject*>(closure));
     if (!lock_release(s, v != nullptr)) {
         Py_XDECREF(v);
         return nullptr;
@@ -117,10 +121,10 @@ PyObject* value_get(PyObject* self, void*) {
     return v;
 }
 
-int value_set(PyObject* self, PyObject* v, void*) {
+int attr_set(PyObject* self, PyObject* v, void* closure) {
     auto* s = reinterpret_cast<locked*>(self);
     if (!check_bound(s) || !lock_acquire(s)) return -1;
-    int rc = PyObject_SetAttr(s->obj, value_name, v);
+    int rc = PyObject_SetAttr(s->obj, static_cast<PyObject*>(closure), v);
     return lock_release(s, rc == 0) ? 0 : -1;
 }
 
@@ -159,12 +163,19 @@ PyMemberDef locked_members[] = {
     {nullptr, 0, 0, 0, nullptr},
 };
 
+// The closures (attribute names) are filled in at registration.
 PyGetSetDef value_getset[] = {
-    {"value", value_get, value_set, "The value, read and written while holding the lock.", nullptr},
+    {"value", attr_get, attr_set, "The value, read and written while holding the lock.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
-PyObject* make_type(const char* name, PyType_Slot* extra, int n_extra) {
+PyGetSetDef string_getset[] = {
+    {"value", attr_get, attr_set, "The string up to its first NUL, under the lock.", nullptr},
+    {"raw", attr_get, attr_set, "All the bytes, under the lock.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyObject* make_type(const char* name, PyType_Slot* extra, int n_extra, PyObject* base = nullptr) {
     std::vector<PyType_Slot> slots = {
         {Py_tp_traverse, reinterpret_cast<void*>(locked_traverse)},
         {Py_tp_clear, reinterpret_cast<void*>(locked_clear)},
@@ -176,14 +187,18 @@ PyObject* make_type(const char* name, PyType_Slot* extra, int n_extra) {
     slots.push_back({0, nullptr});
     PyType_Spec spec{name, sizeof(locked), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
                      slots.data()};
-    return PyType_FromSpec(&spec);
+    return base != nullptr ? PyType_FromSpecWithBases(&spec, base) : PyType_FromSpec(&spec);
 }
 
 }  // namespace
 
 void register_sharedctypes(py::module_& m) {
     value_name = PyUnicode_InternFromString("value");
-    if (value_name == nullptr) throw py::error_already_set();
+    raw_name = PyUnicode_InternFromString("raw");
+    if (value_name == nullptr || raw_name == nullptr) throw py::error_already_set();
+    value_getset[0].closure = value_name;
+    string_getset[0].closure = value_name;
+    string_getset[1].closure = raw_name;
 
     PyType_Slot value_slots[] = {{Py_tp_getset, value_getset}};
     PyType_Slot array_slots[] = {
@@ -196,7 +211,13 @@ void register_sharedctypes(py::module_& m) {
     m.add_object("_LockedValue", py::reinterpret_steal<py::object>(value_type));
     PyObject* array_type = make_type("fastmp._fastmp._LockedArray", array_slots, 3);
     if (array_type == nullptr) throw py::error_already_set();
-    m.add_object("_LockedArray", py::reinterpret_steal<py::object>(array_type));
+    m.add_object("_LockedArray", py::reinterpret_borrow<py::object>(array_type));
+    // Array('c'): items as _LockedArray, plus .value and .raw.
+    PyType_Slot string_slots[] = {{Py_tp_getset, string_getset}};
+    PyObject* string_type = make_type("fastmp._fastmp._LockedString", string_slots, 1, array_type);
+    Py_DECREF(array_type);
+    if (string_type == nullptr) throw py::error_already_set();
+    m.add_object("_LockedString", py::reinterpret_steal<py::object>(string_type));
 }
 
 }  // namespace fastmp::py_bind

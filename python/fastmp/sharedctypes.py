@@ -29,7 +29,7 @@ from multiprocessing.sharedctypes import (  # noqa: F401  (names of the stdlib m
 )
 
 from . import _heap
-from ._fastmp import _LockedArray, _LockedValue
+from ._fastmp import _LockedArray, _LockedString, _LockedValue
 from .context import assert_spawning, reduction
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
@@ -144,8 +144,9 @@ def synchronized(obj, lock=None, ctx=None):
 
 # --- locked access ------------------------------------------------------------
 #
-# Synchronized.value and SynchronizedArray's items go through native
-# accessors (_LockedValue, _LockedArray in cpp/bindings/register_sharedctypes.cpp):
+# Synchronized.value, SynchronizedArray's items and SynchronizedString's
+# value/raw go through native accessors (_LockedValue, _LockedArray,
+# _LockedString in cpp/bindings/register_sharedctypes.cpp):
 # the same acquire / ctypes access / release as the stdlib's Python
 # properties, without a Python frame per access. Structure fields (rare) use
 # Python properties built by make_property.
@@ -238,8 +239,5 @@ class SynchronizedArray(_LockedArray, SynchronizedBase, _std.SynchronizedArray):
         self[start:stop] = values
 
 
-class SynchronizedString(SynchronizedArray, _std.SynchronizedString):
-    """A synchronized ``Array('c', ...)`` with ``.value`` and ``.raw``."""
-
-    value = make_property("value")
-    raw = make_property("raw")
+class SynchronizedString(_LockedString, SynchronizedArray, _std.SynchronizedString):
+    """A synchronized ``Array('c', ...)``; ``.value`` and ``.raw`` are native (_LockedString)."""
