@@ -532,3 +532,64 @@ def test_heap_is_thread_safe():
     assert all(v.value // 10_000 in range(4) for v in live)
     for slot, vals in enumerate(out):
         assert [v.value // 10_000 for v in vals] == [slot] * len(vals)
+
+
+class _CountingLock:
+    """A lock that records how it is used (the wrappers accept any object
+    with acquire/release)."""
+
+    def __init__(self):
+        self.log = []
+
+    def acquire(self, *args):
+        self.log.append("acquire")
+        return True
+
+    def release(self):
+        self.log.append("release")
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def test_every_access_takes_the_lock_once(ctx):
+    # The stdlib's locking pattern, access by access: a read and a write per
+    # `+=` (so it is not atomic), items and slices locked, len() unlocked.
+    lock = _CountingLock()
+    v = ctx.Value("i", 1, lock=lock)
+    v.value += 1
+    assert v.value == 2
+    assert lock.log == ["acquire", "release"] * 3
+    lock.log.clear()
+    a = ctx.Array("i", 4, lock=lock)
+    a[0] = 5
+    a[1] += a[0]
+    assert a[:2] == [5, 5] and len(a) == 4
+    assert lock.log == ["acquire", "release"] * 5
+    lock.log.clear()
+    s = ctx.Array("c", b"abc", lock=lock)
+    s.value = b"x"
+    assert (s.value, s.raw, s[0]) == (b"x", b"x\x00c", b"x")
+    assert lock.log == ["acquire", "release"] * 4
+
+
+class _FailingRelease(_CountingLock):
+    def release(self):
+        super().release()
+        raise OSError("release failed")
+
+
+def test_lock_errors_propagate_and_access_errors_win(ctx):
+    lock = _FailingRelease()
+    v = ctx.Value("i", 1, lock=lock)
+    with pytest.raises(OSError, match="release failed"):
+        v.value  # noqa: B018
+    # As with try/finally, release's error replaces the access's, which
+    # becomes its __context__.
+    with pytest.raises(OSError, match="release failed") as info:
+        v.value = "x"
+    assert isinstance(info.value.__context__, TypeError)
+    assert lock.log.count("acquire") == lock.log.count("release") == 2

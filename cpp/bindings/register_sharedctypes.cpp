@@ -93,19 +93,31 @@ bool lock_acquire(locked* s) {
     return true;
 }
 
-// Releases the lock; an exception already set (from the guarded access)
-// wins over one raised by release, as with try/finally in Python.
+// Releases the lock, as the `finally:` of the stdlib's accessor would: if
+// release raises, its exception replaces the access's (which becomes its
+// __context__); otherwise the access's exception, if any, stands.
 bool lock_release(locked* s, bool ok) {
     PyObject *type = nullptr, *value = nullptr, *tb = nullptr;
     if (!ok) PyErr_Fetch(&type, &value, &tb);
     PyObject* r = PyObject_CallNoArgs(s->release);
-    if (!ok) {
-        if (r == nullptr) PyErr_Clear();
-        PyErr_Restore(type, value, tb);
+    if (r != nullptr) {
+        Py_DECREF(r);
+        if (!ok) PyErr_Restore(type, value, tb);
+        return ok;
     }
-    if (r == nullptr) return false;
-    Py_DECREF(r);
-    return ok;
+    if (!ok) {
+        // Take release's exception out first: no API may run with one set.
+        PyObject *rtype = nullptr, *rvalue = nullptr, *rtb = nullptr;
+        PyErr_Fetch(&rtype, &rvalue, &rtb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        if (tb != nullptr) PyException_SetTraceback(value, tb);
+        PyErr_NormalizeException(&rtype, &rvalue, &rtb);
+        PyException_SetContext(rvalue, value);  // steals value
+        Py_XDECREF(type);
+        Py_XDECREF(tb);
+        PyErr_Restore(rtype, rvalue, rtb);
+    }
+    return false;
 }
 
 // Getters/setters of one attribute of the ctypes object; `closure` is its
