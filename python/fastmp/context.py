@@ -58,6 +58,30 @@ class _FastmpFactories:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def RawValue(self, typecode_or_type, *args):
+        """Returns a shared object (fastmp: anonymous shared memory)."""
+        from .sharedctypes import RawValue
+
+        return RawValue(typecode_or_type, *args)
+
+    def RawArray(self, typecode_or_type, size_or_initializer):
+        """Returns a shared array (fastmp: anonymous shared memory)."""
+        from .sharedctypes import RawArray
+
+        return RawArray(typecode_or_type, size_or_initializer)
+
+    def Value(self, typecode_or_type, *args, lock=True):
+        """Returns a synchronized shared object."""
+        from .sharedctypes import Value
+
+        return Value(typecode_or_type, *args, lock=lock, ctx=self.get_context())
+
+    def Array(self, typecode_or_type, size_or_initializer, *, lock=True):
+        """Returns a synchronized shared array."""
+        from .sharedctypes import Array
+
+        return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
+
     # Until fastmp has its own Pool and Manager, they run on the stdlib's
     # context of the same start method: they reach into the stdlib queues'
     # pipe internals.
