@@ -74,7 +74,7 @@ class _Arena:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-        self.mmap = None
+        self.mmap = None  # type: ignore[assignment]
 
     def __reduce__(self):
         from multiprocessing.context import get_spawning_popen
@@ -157,7 +157,7 @@ class _Heap:
                     return block
             arena = _Arena(ARENA_SIZE)
             self.arenas.append(arena)
-            return self._take(arena, size)
+            return self._take(arena, size)  # type: ignore[return-value]  # a fresh arena always has room
 
     @staticmethod
     def _take(arena: _Arena, size: int) -> _Block | None:

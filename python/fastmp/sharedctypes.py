@@ -22,7 +22,7 @@ import ctypes
 import weakref
 from multiprocessing import heap  # noqa: F401  (a name of the stdlib module)
 from multiprocessing import sharedctypes as _std
-from multiprocessing.sharedctypes import (  # noqa: F401  (names of the stdlib module)
+from multiprocessing.sharedctypes import (  # type: ignore[attr-defined]  # noqa: F401
     rebuild_ctype,
     reduce_ctype,
     typecode_to_type,
@@ -30,7 +30,7 @@ from multiprocessing.sharedctypes import (  # noqa: F401  (names of the stdlib m
 
 from . import _heap
 from ._fastmp import _LockedArray, _LockedString, _LockedValue
-from .context import assert_spawning, reduction
+from .context import assert_spawning, reduction  # type: ignore[attr-defined]
 
 __all__ = ["RawValue", "RawArray", "Value", "Array", "copy", "synchronized"]
 
@@ -183,7 +183,7 @@ prop_cache: dict[str, property] = {}
 class_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Kept for code that inspects it; fastmp builds its properties without exec.
-template = _std.template
+template = _std.template  # type: ignore[attr-defined]
 
 
 class SynchronizedBase(_std.SynchronizedBase):
