@@ -43,12 +43,6 @@ struct fd_guard {
 
 std::size_t header_bytes() { return page_size(); }
 
-int poll_ms(clock::duration d) {
-    auto us = std::chrono::duration_cast<std::chrono::microseconds>(d).count();
-    if (us <= 0) return 0;
-    return static_cast<int>((us + 999) / 1000);
-}
-
 }  // namespace
 
 static_assert(sizeof(channel_header) <= 4096, "channel header must fit in one page");
