@@ -274,3 +274,37 @@ def test_pickling_closed_connection_fails():
     with pytest.raises(OSError, match="handle is closed"):
         pickle.dumps(a)
     b.close()
+
+
+def test_listener_and_client_with_authkey_are_the_stdlibs():
+    from fastmp.connection import Client, Listener
+
+    got = []
+    with Listener(("127.0.0.1", 0), authkey=b"secret") as listener:
+
+        def client():
+            with Client(listener.address, authkey=b"secret") as c:
+                c.send({"hi": 1})
+                got.append(c.recv())
+
+        t = threading.Thread(target=client)
+        t.start()
+        with listener.accept() as conn:
+            assert conn.recv() == {"hi": 1}
+            conn.send("welcome")
+        t.join(30)
+    assert got == ["welcome"]
+
+
+def test_stdlib_constructor_form_wraps_a_descriptor():
+    import multiprocessing.connection
+    import socket
+
+    s1, s2 = socket.socketpair()
+    x = Connection(s1.detach())
+    y = Connection(s2.detach(), readable=True, writable=True)
+    assert isinstance(x, multiprocessing.connection.Connection)
+    x.send([1, 2])
+    assert y.recv() == [1, 2]
+    x.close()
+    y.close()

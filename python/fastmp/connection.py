@@ -50,6 +50,13 @@ class Connection(_fastmp.Connection):
     ``closed``/``readable``/``writable`` properties are native.
     """
 
+    def __new__(cls, *args, **kwargs):
+        # The stdlib's form, Connection(handle, readable=True, writable=True),
+        # wraps an existing descriptor: that is a stdlib connection.
+        if len(args) + len(kwargs) < 5 or "handle" in kwargs:
+            return _std.Connection(*args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, sock, header, tx, rx, side, readable=True, writable=True):
         if not readable and not writable:
             raise ValueError("at least one of `readable` and `writable` must be True")
