@@ -186,6 +186,9 @@ wait_result channel_end::wait_readable(clock::duration slice) {
     }
     spin_budget_ /= 2;
     channel_direction& d = rx_dir();
+    // A doorbell with nothing behind it (its reader died between taking the
+    // message and clearing it) would keep select() users spinning: clear it.
+    if (atomic(d.bell).load(std::memory_order_acquire)) unring();
     std::uint32_t ticket = atomic(d.seq).load(std::memory_order_seq_cst);
     atomic(d.sleepers).fetch_add(1, std::memory_order_seq_cst);
     wait_result r = wait_result::woken;
