@@ -129,13 +129,18 @@ bool channel_end::peer_closed() const noexcept {
 void channel_end::send(std::uint32_t tag, const void* data, std::size_t size) {
     if (!tx_) throw sys_error(EBADF, "connection is read-only");
     // The stdlib raises BrokenPipeError here: nobody could ever read it, and
-    // an unbounded ring would otherwise grow for nothing.
-    if (peer_closed()) throw sys_error(EPIPE, "Broken pipe");
+    // an unbounded ring would otherwise grow for nothing. A reader blocked
+    // in recv right now proves the other end open, which saves the syscall
+    // on the request/response hot path.
+    channel_direction& d = tx_dir();
+    if (atomic(d.waiting).load(std::memory_order_relaxed) == 0 || ++unchecked_sends_ >= 64) {
+        unchecked_sends_ = 0;
+        if (peer_closed()) throw sys_error(EPIPE, "Broken pipe");
+    }
     tx_->try_push(message_view{tag, data, size});  // unbounded: always ok
     // Pairs with the reader's fetch_add on `sleepers` then re-check of the
     // queue: one of the two sides sees the other.
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    channel_direction& d = tx_dir();
     if (atomic(d.sleepers).load(std::memory_order_relaxed)) wake_peer();
     if (atomic(d.bell_mode).load(std::memory_order_relaxed)) ring();
 }
@@ -177,6 +182,12 @@ void channel_end::after_recv() noexcept {
 
 wait_result channel_end::wait_readable(clock::duration slice) {
     if (!rx_) return wait_result::timed_out;
+    channel_direction& d = rx_dir();
+    atomic(d.waiting).fetch_add(1, std::memory_order_relaxed);
+    struct leave {
+        std::uint32_t& w;
+        ~leave() { atomic(w).fetch_sub(1, std::memory_order_relaxed); }
+    } guard{d.waiting};
     for (int i = 0; i < spin_budget_; ++i) {
         if (rx_->size_approx() > 0) {
             if (spin_budget_ < max_spins) spin_budget_ = spin_budget_ * 2 + 16;
@@ -185,7 +196,6 @@ wait_result channel_end::wait_readable(clock::duration slice) {
         cpu_relax();
     }
     spin_budget_ /= 2;
-    channel_direction& d = rx_dir();
     // A doorbell with nothing behind it (its reader died between taking the
     // message and clearing it) would keep select() users spinning: clear it.
     if (atomic(d.bell).load(std::memory_order_acquire)) unring();

@@ -212,3 +212,30 @@ TEST(Channel, AdoptRejectsForeignDescriptors) {
     close(q[1]);
     EXPECT_THROW(channel_end::adopt(channel_fds{-1, -1, -1, -1, 0}), sys_error);
 }
+
+TEST(Channel, ReaderKilledWhileWaitingStillGivesBrokenPipe) {
+    auto [r, w] = channel_end::create_pair(false);
+    pid_t pid = fork();
+    if (pid == 0) {
+        for (;;) r.wait_readable(1s);  // blocked "in recv" forever
+    }
+    { auto gone = std::move(r); }
+    usleep(50 * 1000);  // let the child enter its wait
+    kill(pid, SIGKILL);
+    int st = 0;
+    waitpid(pid, &st, 0);
+    // Its `waiting` mark is stale now; a send notices the broken pipe anyway
+    // within the periodic check.
+    int sent = 0;
+    bool broken = false;
+    for (; sent < 200 && !broken; ++sent) {
+        try {
+            send_str(w, "x");
+        } catch (const sys_error& e) {
+            EXPECT_EQ(e.code().value(), EPIPE);
+            broken = true;
+        }
+    }
+    EXPECT_TRUE(broken);
+    EXPECT_LE(sent, 65);
+}

@@ -20,7 +20,10 @@
 //   machine), then registers in `sleepers` and sleeps on the direction's
 //   futex word. A writer that sees sleepers > 0 after publishing bumps it and
 //   wakes them. With nobody asleep a send makes no syscall but one poll() for
-//   liveness. Closing an end also bumps the word, so a peer blocked in recv
+//   liveness, and not even that while a reader of the other end is blocked
+//   in recv (it holds that end open, so nothing can be broken; a reader
+//   killed while waiting leaves `waiting` stale, so every 64th send checks
+//   anyway). Closing an end also bumps the word, so a peer blocked in recv
 //   checks for EOF at once; a killed holder is noticed by the next check
 //   (sleeps are sliced, 100 ms at most).
 // - Level-triggered readiness for select()/connection.wait() users: once a
@@ -59,7 +62,8 @@ struct channel_direction {
     std::uint32_t bell_mode;  // sticky: some reader waits through fileno()
     std::uint32_t sleepers;   // readers asleep (or about to be) on `seq`
     std::uint32_t seq;        // futex word: bumped to wake sleeping readers
-    std::uint32_t pad[11];
+    std::uint32_t waiting;    // readers inside a blocking wait (spinning or asleep)
+    std::uint32_t pad[10];
 };
 
 struct channel_header {
@@ -149,6 +153,7 @@ private:
     unique_fd backlog_;
     bool backlog_armed_ = false;
     int spin_budget_ = 2000;
+    int unchecked_sends_ = 0;
 };
 
 template <class Sink>
