@@ -10,10 +10,9 @@ import signal
 import socket
 import threading
 import time
+from multiprocessing import resource_sharer
 
 import pytest
-
-from multiprocessing import resource_sharer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,13 +29,12 @@ connections.
 from __future__ import annotations
 
 import io
-import os
-
 import multiprocessing.connection as _std
+import os
 
 globals().update({k: v for k, v in vars(_std).items() if not k.startswith("__")})
 
-from multiprocessing.connection import BufferTooShort  # noqa: E402
+from multiprocessing.context import BufferTooShort  # noqa: E402
 
 from . import _fastmp  # noqa: E402
 from .reduction import _fd_for_child  # noqa: E402
@@ -169,4 +168,3 @@ def wait(object_list, timeout=None):
     ``fileno()`` is readable exactly while it has input (or hit EOF).
     """
     return _std.wait(object_list, timeout)
-

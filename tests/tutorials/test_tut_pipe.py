@@ -8,6 +8,7 @@ import re
 import textwrap
 
 import pytest
+
 from _script import ScriptTimeout, run_script
 
 pytestmark = pytest.mark.timeout(120)
