@@ -308,3 +308,20 @@ def test_stdlib_constructor_form_wraps_a_descriptor():
     assert y.recv() == [1, 2]
     x.close()
     y.close()
+
+
+def test_stdlib_wait_and_selectors_accept_fastmp_connections():
+    import multiprocessing.connection
+    import selectors
+
+    a, b = fastmp.Pipe()
+    assert multiprocessing.connection.wait([b], 0) == []
+    a.send("x")
+    assert multiprocessing.connection.wait([b], 5) == [b]
+    with selectors.DefaultSelector() as sel:
+        sel.register(b, selectors.EVENT_READ)
+        assert [key.fileobj for key, _ in sel.select(5)] == [b]
+        assert b.recv() == "x"
+        assert sel.select(0) == []
+    a.close()
+    b.close()
