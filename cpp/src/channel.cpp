@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <algorithm>
 #include <chrono>
 
 #include <fcntl.h>
@@ -22,6 +23,8 @@ namespace {
 // a request/response exchange the answer usually comes back within
 // microseconds, and a futex sleep plus wake costs more than that.
 constexpr int max_spins = 4000;
+// How long a reader sleeps on the futex before it sleeps in poll() instead.
+constexpr auto futex_phase = std::chrono::milliseconds(2);
 
 int dup_cloexec(int fd) {
     int d = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -142,7 +145,8 @@ void channel_end::send(std::uint32_t tag, const void* data, std::size_t size) {
     // queue: one of the two sides sees the other.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (atomic(d.sleepers).load(std::memory_order_relaxed)) wake_peer();
-    if (atomic(d.bell_mode).load(std::memory_order_relaxed)) ring();
+    if (atomic(d.bell_mode).load(std::memory_order_relaxed) || atomic(d.pollers).load(std::memory_order_relaxed))
+        ring();
 }
 
 void channel_end::ring() noexcept {
@@ -171,6 +175,7 @@ void channel_end::unring() noexcept {
 }
 
 void channel_end::after_recv() noexcept {
+    idle_sleeps_ = 0;
     if (atomic(rx_dir().bell).load(std::memory_order_acquire) && rx_->size_approx() == 0) unring();
     if (backlog_armed_ && rx_->size_approx() == 0) {
         std::uint64_t v;
@@ -199,12 +204,28 @@ wait_result channel_end::wait_readable(clock::duration slice) {
     // A doorbell with nothing behind it (its reader died between taking the
     // message and clearing it) would keep select() users spinning: clear it.
     if (atomic(d.bell).load(std::memory_order_acquire)) unring();
-    std::uint32_t ticket = atomic(d.seq).load(std::memory_order_seq_cst);
-    atomic(d.sleepers).fetch_add(1, std::memory_order_seq_cst);
-    wait_result r = wait_result::woken;
-    if (rx_->size_approx() == 0) r = futex_wait(&d.seq, ticket, slice);
-    atomic(d.sleepers).fetch_sub(1, std::memory_order_seq_cst);
-    return r;
+    if (idle_sleeps_ < 1) {
+        ++idle_sleeps_;
+        std::uint32_t ticket = atomic(d.seq).load(std::memory_order_seq_cst);
+        atomic(d.sleepers).fetch_add(1, std::memory_order_seq_cst);
+        wait_result r = wait_result::woken;
+        if (rx_->size_approx() == 0) r = futex_wait(&d.seq, ticket, std::min<clock::duration>(slice, futex_phase));
+        atomic(d.sleepers).fetch_sub(1, std::memory_order_seq_cst);
+        return r;
+    }
+    atomic(d.pollers).fetch_add(1, std::memory_order_seq_cst);
+    struct unpoll {
+        std::uint32_t& p;
+        ~unpoll() { atomic(p).fetch_sub(1, std::memory_order_seq_cst); }
+    } unpoll_guard{d.pollers};
+    if (rx_->size_approx() > 0) return wait_result::woken;
+    pollfd p{sock_.get(), POLLIN | POLLRDHUP, 0};
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(slice).count();
+    int rc = ::poll(&p, 1, ms < 0 ? 0 : static_cast<int>(ms));
+    if (rc < 0) return errno == EINTR ? wait_result::interrupted : wait_result::woken;
+    if (rc == 0) return wait_result::timed_out;
+    if (!(p.revents & (POLLHUP | POLLRDHUP | POLLERR)) && rx_->size_approx() == 0) unring();  // stray doorbell
+    return wait_result::woken;
 }
 
 void channel_end::wake_peer() noexcept {

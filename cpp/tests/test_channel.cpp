@@ -239,3 +239,22 @@ TEST(Channel, ReaderKilledWhileWaitingStillGivesBrokenPipe) {
     EXPECT_TRUE(broken);
     EXPECT_LE(sent, 65);
 }
+
+TEST(Channel, IdleReaderInPollPhaseGetsMessageThenEofFromExitingChild) {
+    auto [r, w] = channel_end::create_pair(false);
+    pid_t pid = fork();
+    if (pid == 0) {
+        usleep(30 * 1000);  // the parent is asleep in poll() by now
+        send_str(w, "late");
+        usleep(30 * 1000);
+        _exit(0);  // no destructors: only the kernel closes the socket
+    }
+    { auto gone = std::move(w); }
+    std::string s;
+    ASSERT_TRUE(recv_blocking(r, s));
+    EXPECT_EQ(s, "late");
+    EXPECT_FALSE(recv_blocking(r, s));
+    int st = 0;
+    waitpid(pid, &st, 0);
+    EXPECT_TRUE(WIFEXITED(st));
+}

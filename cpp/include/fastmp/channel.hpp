@@ -18,17 +18,21 @@
 // - Waking a sleeping reader: a reader first spins on the queue (adaptively:
 //   the budget halves each time spinning did not pay, e.g. on a loaded
 //   machine), then registers in `sleepers` and sleeps on the direction's
-//   futex word. A writer that sees sleepers > 0 after publishing bumps it and
-//   wakes them. With nobody asleep a send makes no syscall but one poll() for
+//   futex word for at most 2 ms; a writer that sees sleepers > 0 after
+//   publishing bumps the word and wakes it. A reader that stays idle longer
+//   registers in `pollers` instead and sleeps in poll() on its socket, and a
+//   writer that sees pollers > 0 rings the doorbell (below): so EOF (the
+//   last holder of the other end closed, exited or was killed) wakes an idle
+//   reader at once, while a busy exchange pays only futex wake-ups. Closing
+//   an end also bumps the futex word, for readers in their first 2 ms.
+// - With nobody asleep a send makes no syscall but one poll() for
 //   liveness, and not even that while a reader of the other end is blocked
 //   in recv (it holds that end open, so nothing can be broken; a reader
 //   killed while waiting leaves `waiting` stale, so every 64th send checks
-//   anyway). Closing an end also bumps the word, so a peer blocked in recv
-//   checks for EOF at once; a killed holder is noticed by the next check
-//   (sleeps are sliced, 100 ms at most).
+//   anyway).
 // - Level-triggered readiness for select()/connection.wait() users: once a
 //   reader calls fileno() the direction switches to `bell_mode` (sticky):
-//   from then on the invariant is "queue non-empty => a doorbell byte is in
+//   from then on (as while pollers > 0) the invariant is "queue non-empty => a doorbell byte is in
 //   the reader's socket". Writers set it (under bell_lock, after a push), the
 //   reader that empties the queue clears it (under bell_lock, byte drained).
 //   Messages already queued when bell_mode starts cannot be announced that
@@ -63,7 +67,8 @@ struct channel_direction {
     std::uint32_t sleepers;   // readers asleep (or about to be) on `seq`
     std::uint32_t seq;        // futex word: bumped to wake sleeping readers
     std::uint32_t waiting;    // readers inside a blocking wait (spinning or asleep)
-    std::uint32_t pad[10];
+    std::uint32_t pollers;    // readers asleep in poll() on their socket
+    std::uint32_t pad[9];
 };
 
 struct channel_header {
@@ -154,6 +159,7 @@ private:
     bool backlog_armed_ = false;
     int spin_budget_ = 2000;
     int unchecked_sends_ = 0;
+    int idle_sleeps_ = 0;  // futex sleeps since the last message taken
 };
 
 template <class Sink>
