@@ -13,13 +13,21 @@ What fastmp does differently (see the stdlib docs for the rest):
   before receiving cannot deadlock as they can with the stdlib's socket.
 * EOF is the stdlib's: ``recv`` raises ``EOFError`` once every copy of the
   other end is closed (copies inherited by forked children and passed to
-  spawned ones count), including when its holder was killed; ``send`` raises
-  ``BrokenPipeError`` when nobody can ever read it.
+  spawned ones count), including when its holder exited or was killed; an
+  idle reader wakes at once. ``send`` raises ``BrokenPipeError`` when every
+  copy of the other end is closed (if a reader was killed while blocked in
+  ``recv``, up to 63 more sends may go through first).
 * ``fileno()`` is a real descriptor that is readable exactly while a message
   waits or the other end is gone, so ``select``, ``selectors``, asyncio and
-  :func:`wait` work. It is not the socket itself (an epoll descriptor private
-  to this process); after the first ``fileno()`` call each message costs a
-  syscall or two more, as with the stdlib.
+  :func:`wait` work. It is not the socket itself but an epoll descriptor
+  private to this process (one more descriptor plus an eventfd); after the
+  first ``fileno()`` call each message costs a syscall or two more, as with
+  the stdlib.
+* Each end holds four descriptors (a socket and three anonymous shared-memory
+  files) where the stdlib holds one.
+* ``Connection(handle, readable, writable)`` (the stdlib's form, wrapping an
+  existing descriptor) returns a stdlib connection; fastmp connections come
+  from :func:`Pipe` and are not instances of the stdlib class.
 
 ``Listener``, ``Client``, ``answer_challenge``, ``deliver_challenge`` and the
 other network pieces are the stdlib's, re-exported: they return stdlib
