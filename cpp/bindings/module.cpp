@@ -9,6 +9,7 @@ namespace fastmp::py_bind {
 void register_errors(py::module_& m);
 void register_queue(py::module_& m);
 void register_sharedctypes(py::module_& m);
+void register_connection(py::module_& m);
 }  // namespace fastmp::py_bind
 
 PYBIND11_MODULE(_fastmp, m) {
@@ -17,4 +18,5 @@ PYBIND11_MODULE(_fastmp, m) {
     fastmp::py_bind::init_pickling(m);
     fastmp::py_bind::register_queue(m);
     fastmp::py_bind::register_sharedctypes(m);
+    fastmp::py_bind::register_connection(m);
 }

@@ -34,11 +34,13 @@ std::size_t header_bytes() { return page_size(); }
 
 static_assert(sizeof(queue_header) <= 4096, "queue header must fit in one page");
 
-shm_queue shm_queue::create(std::int64_t maxsize) {
+shm_queue shm_queue::create(std::int64_t maxsize, bool with_doorbell) {
     shm_queue q;
     q.fd_ = make_memfd("fastmp-queue", header_bytes() + initial_cap);
-    q.doorbell_ = unique_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (q.doorbell_.get() < 0) throw_errno("eventfd for queue");
+    if (with_doorbell) {
+        q.doorbell_ = unique_fd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (q.doorbell_.get() < 0) throw_errno("eventfd for queue");
+    }
     q.header_ = mapping(q.fd_.get(), 0, header_bytes());
     q.ring_ = mapping(q.fd_.get(), header_bytes(), initial_cap);
     queue_header* h = q.hdr();  // zero-filled by the kernel
@@ -54,9 +56,10 @@ shm_queue shm_queue::attach(int fd, int doorbell_fd) {
     shm_queue q;
     q.doorbell_ = unique_fd(doorbell_fd);
     q.fd_ = adopt_memfd(fd);
-    if (doorbell_fd < 0) throw sys_error(EBADF, "queue attached without its doorbell fd");
-    ::fcntl(doorbell_fd, F_SETFD, FD_CLOEXEC);
-    ::fcntl(doorbell_fd, F_SETFL, ::fcntl(doorbell_fd, F_GETFL) | O_NONBLOCK);
+    if (doorbell_fd >= 0) {
+        ::fcntl(doorbell_fd, F_SETFD, FD_CLOEXEC);
+        ::fcntl(doorbell_fd, F_SETFL, ::fcntl(doorbell_fd, F_GETFL) | O_NONBLOCK);
+    }
     std::size_t size = file_size(q.fd_.get());
     if (size < header_bytes() + initial_cap) throw sys_error(EINVAL, "shared queue segment is too small");
     q.header_ = mapping(q.fd_.get(), 0, header_bytes());
@@ -93,6 +96,7 @@ void shm_queue::lock() {
 
 void shm_queue::sync_doorbell(std::uint64_t count) noexcept {
     // Called under the lock. An eventfd counter > 0 means readable.
+    if (doorbell_.get() < 0) return;
     if (count > 0) {
         ::eventfd_write(doorbell_.get(), 1);
     } else {
@@ -102,6 +106,7 @@ void shm_queue::sync_doorbell(std::uint64_t count) noexcept {
 }
 
 void shm_queue::enable_doorbell() {
+    if (doorbell_.get() < 0) throw sys_error(EBADF, "this queue has no doorbell");
     queue_header* h = hdr();
     lock();
     if (!atomic(h->doorbell_on).load()) {

@@ -82,6 +82,12 @@ class _FastmpFactories:
 
         return Array(typecode_or_type, size_or_initializer, lock=lock, ctx=self.get_context())
 
+    def Pipe(self, duplex=True):
+        """Returns two connection objects connected by a pipe (fastmp: shared memory)."""
+        from .connection import Pipe
+
+        return Pipe(duplex)
+
     # Until fastmp has its own Pool and Manager, they run on the stdlib's
     # context of the same start method: they reach into the stdlib queues'
     # pipe internals.

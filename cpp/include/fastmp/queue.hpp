@@ -109,10 +109,11 @@ public:
     static constexpr std::uint32_t layout_version = 1;
     static constexpr std::uint32_t wrap_tag = 0xffffffffu;
 
-    // maxsize <= 0 means unbounded.
-    static shm_queue create(std::int64_t maxsize);
-    // Takes ownership of both fds; checks magic, version and size.
-    static shm_queue attach(int fd, int doorbell_fd);
+    // maxsize <= 0 means unbounded. Without a doorbell, enable_doorbell() fails
+    // (for users with their own readiness scheme, e.g. channels).
+    static shm_queue create(std::int64_t maxsize, bool with_doorbell = true);
+    // Takes ownership of both fds (doorbell_fd < 0: none); checks magic, version and size.
+    static shm_queue attach(int fd, int doorbell_fd = -1);
 
     int fd() const noexcept { return fd_.get(); }
     int doorbell_fd() const noexcept { return doorbell_.get(); }
