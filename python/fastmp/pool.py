@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+import types
 from multiprocessing import connection as _connection
 from multiprocessing import util
 from multiprocessing.context import ProcessError, TimeoutError
@@ -168,6 +169,8 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
         initializer, initargs = reduction.loads(init_blob)
         initializer(*initargs)
     completed = 0
+    functions = {}  # pickled function -> function (see _Core.wire_function)
+    loads = reduction.loads
     try:
         while maxtasks is None or completed < maxtasks:
             words[base] = _WAITING
@@ -181,6 +184,15 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
             if task is None:
                 break
             job, i, kind, func, args, kwds = task
+            if type(func) is bytes:
+                try:
+                    func = functions[func]
+                except KeyError:
+                    f = loads(func)
+                    if len(functions) > 1024:
+                        functions.clear()
+                    functions[func] = f
+                    func = f
             words[base + 1] = i
             words[base] = job
             words[base + 2] += 1
@@ -475,7 +487,35 @@ class _Core:
         self.lost_cause = None
         self.on_worker_lost = None  # hook for the executor
         self.feeders = set()
+        self.wired = {}
         self.terminated = False
+
+    def wire_function(self, func):
+        """What to send for func: its pickle, cached, when func pickles by
+        reference (a module-level function: its pickle never goes stale, and
+        the worker unpickles it once); func itself otherwise (lambdas, bound
+        methods and other callables carry state and are pickled per task)."""
+        try:
+            return self.wired[func]
+        except KeyError:
+            pass
+        except TypeError:  # unhashable callable
+            return func
+        wire = func
+        if isinstance(func, (types.FunctionType, types.BuiltinFunctionType)):
+            module = sys.modules.get(getattr(func, "__module__", None) or "")
+            target = module
+            for part in getattr(func, "__qualname__", "<").split("."):
+                target = getattr(target, part, None)
+            if target is func and "<" not in func.__qualname__:
+                try:
+                    wire = reduction.dumps(func)
+                except Exception:  # noqa: BLE001  (pickled per task; errors surface there)
+                    wire = func
+        if len(self.wired) > 1024:
+            self.wired.clear()
+        self.wired[func] = wire
+        return wire
 
     # -- workers --
     def start_worker(self, idx):
@@ -863,7 +903,7 @@ class Pool:
             self._check_running()
         result = ApplyResult(self, callback, error_callback)
         try:
-            self._put((result._job, 0, _CALL, func, args, kwds))
+            self._put((result._job, 0, _CALL, self._core.wire_function(func), args, kwds))
         except BaseException:
             self._cache.pop(result._job, None)
             raise
@@ -898,6 +938,7 @@ class Pool:
         result = MapResult(self, chunksize, len(iterable), callback, error_callback=error_callback)
         if chunksize > 0:
             job = result._job
+            func = self._core.wire_function(func)
             items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
             tasks = [
                 (job, i, kind, func, items[start:start + chunksize], None)
@@ -924,7 +965,7 @@ class Pool:
             raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
         result = cls(self)
         core = self._core
-        feeder = _Feeder(core, result, _MAP, func, iterable, chunksize, max(4 * self._processes, 8))
+        feeder = _Feeder(core, result, _MAP, core.wire_function(func), iterable, chunksize, max(4 * self._processes, 8))
         core.feeders.add(feeder)
         feeder.thread.start()
         if chunksize == 1:
