@@ -24,3 +24,13 @@ SUBWARNING = 25
 from . import queues  # noqa: E402,F401
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # fastmp.ProcessPoolExecutor, imported on first use (concurrent.futures is
+    # not needed by most scripts).
+    if name == "ProcessPoolExecutor":
+        from .futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor
+    raise AttributeError(f"module 'fastmp' has no attribute {name!r}")

@@ -721,6 +721,34 @@ class _Core:
         if threads[1] is None or threads[1] is not me:
             self.release()
 
+    def close(self):
+        """No new tasks: the workers stop once every pending result is in."""
+        with self.lock:
+            if self.state == RUN:
+                self.state = CLOSE
+        for f in list(self.feeders):
+            with f.result._cond:
+                f.result._cond.notify_all()
+        self.wake()
+
+    def finish(self, threads):
+        """After close(): waits for the pool's threads and workers, then frees
+        its resources (unless terminate() got there first)."""
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join()
+        for f in list(self.feeders):
+            f.thread.join()
+        for w in list(self.workers):
+            if w is not None:
+                w.join()
+        with self.lock:
+            if self.terminated:
+                return
+            self.terminated = True
+            self.state = TERMINATE
+        self.release()
+
     def release(self):
         for fd in (self.wake_r, self.wake_w):
             try:
@@ -978,14 +1006,7 @@ class Pool:
         util.debug("closing pool")
         if self._state == RUN:
             self._state = CLOSE
-            core = self._core
-            with core.lock:
-                if core.state == RUN:
-                    core.state = CLOSE
-            for f in list(core.feeders):
-                with f.result._cond:
-                    f.result._cond.notify_all()
-            core.wake()
+            self._core.close()
 
     def terminate(self):
         """Stops the workers at once; pending results fail with PoolTerminatedError."""
@@ -1002,19 +1023,8 @@ class Pool:
             raise ValueError("Pool is still running")
         elif self._state not in (CLOSE, TERMINATE):
             raise ValueError("In unknown state")
-        core = self._core
-        self._worker_handler.join()
-        self._result_handler.join()
-        for f in list(core.feeders):
-            f.thread.join()
-        for w in list(core.workers):
-            if w is not None:
-                w.join()
-        if self._state == CLOSE and not core.terminated:
-            with core.lock:
-                core.terminated = True
-                core.state = TERMINATE
-            core.release()
+        self._core.finish(self._threads)
+        if self._state == CLOSE:
             self._terminate.cancel()
 
     def __enter__(self):
