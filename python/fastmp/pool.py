@@ -57,6 +57,9 @@ from multiprocessing.pool import (  # noqa: F401  (public names of multiprocessi
     starmapstar,
 )
 from multiprocessing.pool import worker as _stdlib_worker  # noqa: F401
+from multiprocessing.connection import wait  # noqa: F401  (as multiprocessing.pool)
+import queue  # noqa: F401  (as multiprocessing.pool)
+import warnings  # noqa: F401  (as multiprocessing.pool)
 from _thread import allocate_lock
 
 from . import reduction
