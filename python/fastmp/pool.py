@@ -1017,6 +1017,7 @@ class Pool:
         util.debug("terminating pool")
         self._state = TERMINATE
         self._terminate()
+        self._put = self._put_many = None  # the queues' fds close with them
 
     def join(self):
         """Waits for the workers to exit (after close() or terminate())."""
@@ -1029,6 +1030,7 @@ class Pool:
         self._core.finish(self._threads)
         if self._state == CLOSE:
             self._terminate.cancel()
+        self._put = self._put_many = None
 
     def __enter__(self):
         self._check_running()
