@@ -204,9 +204,10 @@ class ProcessPoolExecutor(_base.Executor):
         # The core's worker thread holds its lock here: stop the pool from
         # another thread.
         core, threads = self._core, self._threads
-        self._finisher = threading.Thread(target=core.terminate, args=(threads,), daemon=True,
-                                          name="fastmp-executor-terminate")
-        self._finisher.start()
+        finisher = threading.Thread(target=core.terminate, args=(threads,), daemon=True,
+                                    name="fastmp-executor-terminate")
+        finisher.start()
+        self._finisher = finisher
 
     # -- API --
     def submit(self, fn, /, *args, **kwargs):
@@ -250,13 +251,14 @@ class ProcessPoolExecutor(_base.Executor):
         if self._finalizer is not None:
             self._finalizer.cancel()
         if wait:
+            core.finish(self._threads)
             if self._finisher is not None:
                 self._finisher.join()
-            core.finish(self._threads)
         elif self._finisher is None:
-            self._finisher = threading.Thread(target=core.finish, args=(self._threads,), daemon=True,
-                                              name="fastmp-executor-shutdown")
-            self._finisher.start()
+            finisher = threading.Thread(target=core.finish, args=(self._threads,), daemon=True,
+                                        name="fastmp-executor-shutdown")
+            finisher.start()
+            self._finisher = finisher
 
     shutdown.__doc__ = _base.Executor.shutdown.__doc__
 
