@@ -237,11 +237,11 @@ def test_stdlib_executor_with_fastmp_context(tmp_path, method):
         if __name__ == "__main__":
             ctx = fastmp.get_context({method!r})
             with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx) as ex:
-                print(ex.submit(square, 3).result(timeout=20))
+                print(ex.submit(square, 3).result(timeout=5))
                 print(list(ex.map(square, range(5), chunksize=2)))
         """,
         tmp_path,
-        timeout=40,
+        timeout=15,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["9", "[0, 1, 4, 9, 16]"]

@@ -235,18 +235,21 @@ def _print_callback_error():
 class ApplyResult:
     """Result of :meth:`Pool.apply_async` (see multiprocessing.pool.AsyncResult)."""
 
-    def __init__(self, pool, callback, error_callback):
+    __slots__ = ("_pool", "_lock", "_done", "_job", "_cache", "_callback", "_error_callback",
+                 "_success", "_value", "__weakref__")
+
+    def __init__(self, pool, callback, error_callback, _next_job=job_counter.__next__):
         self._pool = pool
-        self._lock = allocate_lock()
-        self._lock.acquire()
+        self._lock = lock = allocate_lock()
+        lock.acquire()
         self._done = False
-        self._job = next(job_counter)
-        self._cache = pool._cache
+        self._job = job = _next_job()
+        self._cache = cache = pool._cache
         self._callback = callback
         self._error_callback = error_callback
         self._success = None
         self._value = None
-        self._cache[self._job] = self
+        cache[job] = self
 
     def ready(self):
         return self._done
@@ -281,16 +284,21 @@ class ApplyResult:
         self._pool = None
 
     def _set(self, i, ok, value):
-        self._success, self._value = ok, value
-        try:
-            if ok:
-                if self._callback is not None:
-                    self._callback(value)
-            elif self._error_callback is not None:
-                self._error_callback(value)
-        except Exception:  # noqa: BLE001
-            _print_callback_error()
-        self._finish()
+        self._success = ok
+        self._value = value
+        if self._callback is not None or self._error_callback is not None:
+            try:
+                if ok:
+                    if self._callback is not None:
+                        self._callback(value)
+                elif self._error_callback is not None:
+                    self._error_callback(value)
+            except Exception:  # noqa: BLE001
+                _print_callback_error()
+        self._done = True
+        self._lock.release()
+        self._cache.pop(self._job, None)
+        self._pool = None
 
     def _fail(self, i, exc):
         """A failure from the pool itself (worker lost, terminated)."""
@@ -300,7 +308,7 @@ class ApplyResult:
     def _fail_pending(self, exc):
         self._fail(0, exc)
 
-    __class_getitem__ = classmethod(lambda cls, item: cls)
+    __class_getitem__ = classmethod(types.GenericAlias)
 
 
 AsyncResult = ApplyResult
@@ -308,6 +316,8 @@ AsyncResult = ApplyResult
 
 class MapResult(ApplyResult):
     """Result of :meth:`Pool.map_async` / :meth:`Pool.starmap_async`."""
+
+    __slots__ = ("_chunksize", "_number_left", "_got")
 
     def __init__(self, pool, chunksize, length, callback, error_callback):
         super().__init__(pool, callback, error_callback=error_callback)
@@ -647,6 +657,7 @@ class _Core:
     def handle_results(self):
         get_many = self.outqueue.get_many
         cache = self.cache
+        cache_get = cache.get
         while True:
             try:
                 batch = get_many(512)
@@ -672,7 +683,7 @@ class _Core:
                         if r is not None:
                             r._fail(i, value)
                     continue
-                r = cache.get(job)
+                r = cache_get(job)
                 if r is not None:
                     r._set(i, ok, value)
             msg = batch = r = value = None
