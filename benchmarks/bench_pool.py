@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import multiprocessing
 import statistics
 import time
-
-import multiprocessing
 
 import fastmp
 import fastmp.futures
@@ -61,7 +60,11 @@ def _startup(lib, n):
 
 def _executor(lib, n):
     ctx = lib.get_context("fork")
-    cls = fastmp.futures.ProcessPoolExecutor if lib is fastmp else concurrent.futures.ProcessPoolExecutor
+    cls = (
+        fastmp.futures.ProcessPoolExecutor
+        if lib is fastmp
+        else concurrent.futures.ProcessPoolExecutor
+    )
     with cls(2, mp_context=ctx) as ex:
         ex.submit(trivial, 0).result()
         t0 = time.perf_counter()
@@ -90,7 +93,9 @@ def run(rounds=5, scale=1.0, out=print):
                 # fastmp gets more tasks so both runs last long enough to time.
                 count = max(100, int(n * scale * (4 if lib == "fastmp" else 1)))
                 results[name][lib].append(fn(libs[lib], count))
-    out(f"{'scenario':<17} {'multiprocessing':>20} {'fastmp':>20} {'fastmp gain':>12}   (median of {rounds})")
+    out(
+        f"{'scenario':<17} {'multiprocessing':>20} {'fastmp':>20} {'fastmp gain':>12}   (median of {rounds})"
+    )
     summary = {}
     for name, (_fn, _n, unit, higher_is_better) in SCENARIOS.items():
         med = {lib: statistics.median(v) for lib, v in results[name].items()}
@@ -98,12 +103,16 @@ def run(rounds=5, scale=1.0, out=print):
         if not higher_is_better:
             ratio = 1 / ratio
         summary[name] = ratio
-        out(f"{name:<17} {med['multiprocessing']:>12,.1f} {unit:<7} {med['fastmp']:>12,.1f} {unit:<7} {ratio:>11.2f}x")
+        out(
+            f"{name:<17} {med['multiprocessing']:>12,.1f} {unit:<7} {med['fastmp']:>12,.1f} {unit:<7} {ratio:>11.2f}x"
+        )
     return summary
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0)
     args = ap.parse_args()

@@ -14,9 +14,8 @@ import pytest
 
 import fastmp
 import fastmp.futures
-from fastmp.futures import ProcessPoolExecutor
-
 from _script import run_script
+from fastmp.futures import ProcessPoolExecutor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,7 +60,10 @@ def get_init(_x=None):
 
 
 EXECUTORS = [
-    ("stdlib", "fork"), ("stdlib", "spawn"), ("fastmp", "fork"), ("fastmp", "spawn"),
+    ("stdlib", "fork"),
+    ("stdlib", "spawn"),
+    ("fastmp", "fork"),
+    ("fastmp", "spawn"),
 ]
 
 
@@ -74,7 +76,8 @@ def make(request, _no_leftovers):
     def factory(max_workers=2, **kwargs):
         if lib == "stdlib":
             ex = concurrent.futures.ProcessPoolExecutor(
-                max_workers, mp_context=multiprocessing.get_context(method), **kwargs)
+                max_workers, mp_context=multiprocessing.get_context(method), **kwargs
+            )
         else:
             ex = ProcessPoolExecutor(max_workers, mp_context=fastmp.get_context(method), **kwargs)
         made.append(ex)
@@ -92,8 +95,9 @@ def test_submit_and_result(make):
         assert ex.submit(square, 7).result(timeout=30) == 49
         assert ex.submit(add, 2, b=3).result(timeout=30) == 5
         fs = [ex.submit(square, i) for i in range(20)]
-        assert sorted(f.result() for f in concurrent.futures.as_completed(fs, timeout=30)) == sorted(
-            i * i for i in range(20))
+        assert sorted(
+            f.result() for f in concurrent.futures.as_completed(fs, timeout=30)
+        ) == sorted(i * i for i in range(20))
 
 
 def test_map_with_chunksize_and_timeout(make):
@@ -121,7 +125,9 @@ def test_exception_from_worker(make):
 def test_wait_first_completed(make):
     with make() as ex:
         fs = {ex.submit(sleep_then, 1, 0.01): "fast", ex.submit(sleep_then, 2, 2): "slow"}
-        done, not_done = concurrent.futures.wait(fs, timeout=10, return_when=concurrent.futures.FIRST_COMPLETED)
+        done, not_done = concurrent.futures.wait(
+            fs, timeout=10, return_when=concurrent.futures.FIRST_COMPLETED
+        )
         assert {fs[f] for f in done} == {"fast"}
         assert ex._max_workers == 2
 
@@ -179,6 +185,7 @@ def test_broken_process_pool(make):
 
 # --- fastmp only ---
 
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_lambdas_and_local_functions(method):
     k = 3
@@ -196,9 +203,20 @@ def test_lambdas_and_local_functions(method):
 
 def test_exports():
     assert fastmp.ProcessPoolExecutor is fastmp.futures.ProcessPoolExecutor
-    for name in ("as_completed", "wait", "Future", "FIRST_COMPLETED", "FIRST_EXCEPTION", "ALL_COMPLETED",
-                 "CancelledError", "TimeoutError", "BrokenExecutor", "Executor", "ThreadPoolExecutor",
-                 "InvalidStateError"):
+    for name in (
+        "as_completed",
+        "wait",
+        "Future",
+        "FIRST_COMPLETED",
+        "FIRST_EXCEPTION",
+        "ALL_COMPLETED",
+        "CancelledError",
+        "TimeoutError",
+        "BrokenExecutor",
+        "Executor",
+        "ThreadPoolExecutor",
+        "InvalidStateError",
+    ):
         assert getattr(fastmp.futures, name) is getattr(concurrent.futures, name), name
     assert fastmp.futures.BrokenProcessPool is concurrent.futures.process.BrokenProcessPool
     assert issubclass(ProcessPoolExecutor, concurrent.futures.Executor)

@@ -22,6 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 # --- module-level helpers (spawn children import them) ---
 
+
 def square(x):
     return x * x
 
@@ -76,6 +77,7 @@ def libname(ctx):
 
 # --- basic API ---
 
+
 def test_apply_and_apply_async(ctx):
     with ctx.Pool(2) as pool:
         assert pool.apply(square, (7,)) == 49
@@ -94,7 +96,9 @@ def test_map_variants(ctx):
         assert pool.map(square, []) == []
         assert pool.map_async(square, range(20), 3).get(30) == [x * x for x in range(20)]
         assert pool.starmap(add, [(1, 2), (3, 4), (5, 6)]) == [3, 7, 11]
-        assert pool.starmap_async(add, [(i, i) for i in range(10)], 4).get(30) == [2 * i for i in range(10)]
+        assert pool.starmap_async(add, [(i, i) for i in range(10)], 4).get(30) == [
+            2 * i for i in range(10)
+        ]
 
 
 def test_imap_variants(ctx):
@@ -158,7 +162,9 @@ def test_callbacks_run_in_parent(ctx):
     errors = []
     with ctx.Pool(2) as pool:
         r1 = pool.apply_async(square, (3,), callback=lambda v: seen.append((v, os.getpid())))
-        r2 = pool.apply_async(raise_value_error, error_callback=lambda e: errors.append((e, os.getpid())))
+        r2 = pool.apply_async(
+            raise_value_error, error_callback=lambda e: errors.append((e, os.getpid()))
+        )
         r3 = pool.map_async(square, range(4), callback=lambda v: seen.append((v, os.getpid())))
         r1.wait(30)
         r2.wait(30)
@@ -267,6 +273,7 @@ def test_default_pool_is_fastmp():
 
 # --- what fastmp adds ---
 
+
 @pytest.fixture(params=["fork", "spawn"])
 def fpool(request, _no_leftovers):
     pool = fastmp.get_context(request.param).Pool(2)
@@ -290,7 +297,9 @@ def test_lambdas_local_functions_closures_fastmp(fpool):
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_lambda_initializer_fastmp(method):
-    with fastmp.get_context(method).Pool(2, initializer=lambda v: set_init_value(v), initargs=(5,)) as pool:
+    with fastmp.get_context(method).Pool(
+        2, initializer=lambda v: set_init_value(v), initargs=(5,)
+    ) as pool:
         assert {v[0] for v in pool.map(get_init_value, range(6), 1)} == {5}
 
 

@@ -14,9 +14,8 @@ import time
 import pytest
 
 import fastmp
-from fastmp.pool import PoolTerminatedError, WorkerLostError
-
 from _script import run_script
+from fastmp.pool import PoolTerminatedError, WorkerLostError
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -234,8 +233,13 @@ if __name__ == "__main__":
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
-        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=env, start_new_session=True,
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
     try:
         line = proc.stdout.readline()
@@ -259,4 +263,6 @@ if __name__ == "__main__":
     deadline = time.monotonic() + 5
     while any(os.path.exists(f"/proc/{pid}") for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], "workers outlived the script"
+    assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], (
+        "workers outlived the script"
+    )

@@ -21,7 +21,6 @@ import collections
 import itertools
 import os
 import threading
-from concurrent.futures import _base
 from concurrent.futures import (  # noqa: F401
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -33,6 +32,7 @@ from concurrent.futures import (  # noqa: F401
     InvalidStateError,
     ThreadPoolExecutor,
     TimeoutError,
+    _base,
     as_completed,
     wait,
 )
@@ -47,9 +47,20 @@ from . import context as _context
 from . import pool as _pool
 
 __all__ = [
-    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "BrokenExecutor", "BrokenProcessPool",
-    "CancelledError", "Executor", "Future", "InvalidStateError", "ProcessPoolExecutor",
-    "ThreadPoolExecutor", "TimeoutError", "as_completed", "wait",
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "BrokenExecutor",
+    "BrokenProcessPool",
+    "CancelledError",
+    "Executor",
+    "Future",
+    "InvalidStateError",
+    "ProcessPoolExecutor",
+    "ThreadPoolExecutor",
+    "TimeoutError",
+    "as_completed",
+    "wait",
 ]
 
 # As the stdlib: one call queued beyond one per worker is "running"; the rest
@@ -94,8 +105,15 @@ class _Call:
 class ProcessPoolExecutor(_base.Executor):
     """concurrent.futures.ProcessPoolExecutor on fastmp's transport."""
 
-    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), *,
-                 max_tasks_per_child=None):
+    def __init__(
+        self,
+        max_workers=None,
+        mp_context=None,
+        initializer=None,
+        initargs=(),
+        *,
+        max_tasks_per_child=None,
+    ):
         if max_workers is None:
             self._max_workers = os.cpu_count() or 1
         else:
@@ -118,9 +136,11 @@ class ProcessPoolExecutor(_base.Executor):
             elif max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
             if self._mp_context.get_start_method(allow_none=False) == "fork":
-                raise ValueError("max_tasks_per_child is incompatible with"
-                                 " the 'fork' multiprocessing start method;"
-                                 " supply a different mp_context.")
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with"
+                    " the 'fork' multiprocessing start method;"
+                    " supply a different mp_context."
+                )
         self._max_tasks_per_child = max_tasks_per_child
         self._shutdown_thread = False
         self._shutdown_lock = threading.RLock()
@@ -136,8 +156,14 @@ class ProcessPoolExecutor(_base.Executor):
 
     # -- workers --
     def _start(self):
-        core = _pool._Core(self._mp_context, self._max_workers, self._initializer, self._initargs,
-                           self._max_tasks_per_child, _pool.Pool.Process)
+        core = _pool._Core(
+            self._mp_context,
+            self._max_workers,
+            self._initializer,
+            self._initargs,
+            self._max_tasks_per_child,
+            _pool.Pool.Process,
+        )
         try:
             for idx in range(self._max_workers):
                 core.start_worker(idx)
@@ -147,12 +173,18 @@ class ProcessPoolExecutor(_base.Executor):
         core.on_worker_lost = self._worker_lost
         self._core = core
         self._threads = [
-            threading.Thread(target=core.handle_workers, daemon=True, name="fastmp-executor-workers"),
-            threading.Thread(target=core.handle_results, daemon=True, name="fastmp-executor-results"),
+            threading.Thread(
+                target=core.handle_workers, daemon=True, name="fastmp-executor-workers"
+            ),
+            threading.Thread(
+                target=core.handle_results, daemon=True, name="fastmp-executor-results"
+            ),
         ]
         for t in self._threads:
             t.start()
-        self._finalizer = util.Finalize(self, core.terminate, args=(self._threads,), exitpriority=15)
+        self._finalizer = util.Finalize(
+            self, core.terminate, args=(self._threads,), exitpriority=15
+        )
 
     def _dispatch(self):
         """Sends pending calls while the window has room (under _shutdown_lock)."""
@@ -166,7 +198,9 @@ class ProcessPoolExecutor(_base.Executor):
             core.cache[job] = call
             self._in_flight += 1
             try:
-                core.inqueue.put((job, 0, _pool._CALL, core.wire_function(call.fn), call.args, call.kwargs))
+                core.inqueue.put(
+                    (job, 0, _pool._CALL, core.wire_function(call.fn), call.args, call.kwargs)
+                )
             except BaseException as e:
                 core.cache.pop(job, None)
                 self._in_flight -= 1
@@ -185,10 +219,13 @@ class ProcessPoolExecutor(_base.Executor):
         with self._shutdown_lock:
             if self._broken:
                 return
-            self._broken = ("A child process terminated abruptly, "
-                            "the process pool is not usable anymore")
-            err = BrokenProcessPool("A process in the process pool was terminated abruptly "
-                                    "while the future was running or pending.")
+            self._broken = (
+                "A child process terminated abruptly, the process pool is not usable anymore"
+            )
+            err = BrokenProcessPool(
+                "A process in the process pool was terminated abruptly "
+                "while the future was running or pending."
+            )
             err.__cause__ = exc
             pending, self._pending = list(self._pending), collections.deque()
             for call in pending:
@@ -204,8 +241,9 @@ class ProcessPoolExecutor(_base.Executor):
         # The core's worker thread holds its lock here: stop the pool from
         # another thread.
         core, threads = self._core, self._threads
-        finisher = threading.Thread(target=core.terminate, args=(threads,), daemon=True,
-                                    name="fastmp-executor-terminate")
+        finisher = threading.Thread(
+            target=core.terminate, args=(threads,), daemon=True, name="fastmp-executor-terminate"
+        )
         finisher.start()
         self._finisher = finisher
 
@@ -219,7 +257,9 @@ class ProcessPoolExecutor(_base.Executor):
             if self._core is None:
                 self._start()
             elif os.getpid() != self._core.pid:
-                raise NotImplementedError("a ProcessPoolExecutor can only be used by the process that created it")
+                raise NotImplementedError(
+                    "a ProcessPoolExecutor can only be used by the process that created it"
+                )
             f = _base.Future()
             self._pending.append(_Call(self, f, fn, args, kwargs))
             self._dispatch()
@@ -233,7 +273,9 @@ class ProcessPoolExecutor(_base.Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(_ChunkRunner(fn), _get_chunks(*iterables, chunksize=chunksize), timeout=timeout)
+        results = super().map(
+            _ChunkRunner(fn), _get_chunks(*iterables, chunksize=chunksize), timeout=timeout
+        )
         return _chain_from_iterable_of_lists(results)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
@@ -255,8 +297,12 @@ class ProcessPoolExecutor(_base.Executor):
             if self._finisher is not None:
                 self._finisher.join()
         elif self._finisher is None:
-            finisher = threading.Thread(target=core.finish, args=(self._threads,), daemon=True,
-                                        name="fastmp-executor-shutdown")
+            finisher = threading.Thread(
+                target=core.finish,
+                args=(self._threads,),
+                daemon=True,
+                name="fastmp-executor-shutdown",
+            )
             finisher.start()
             self._finisher = finisher
 

@@ -34,14 +34,18 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import queue  # noqa: F401  (as multiprocessing.pool)
 import signal
 import sys
 import threading
 import time
 import traceback
 import types
+import warnings  # noqa: F401  (as multiprocessing.pool)
+from _thread import allocate_lock
 from multiprocessing import connection as _connection
 from multiprocessing import util
+from multiprocessing.connection import wait  # noqa: F401  (as multiprocessing.pool)
 from multiprocessing.context import ProcessError, TimeoutError
 from multiprocessing.pool import (  # noqa: F401  (public names of multiprocessing.pool)
     CLOSE,
@@ -57,10 +61,6 @@ from multiprocessing.pool import (  # noqa: F401  (public names of multiprocessi
     starmapstar,
 )
 from multiprocessing.pool import worker as _stdlib_worker  # noqa: F401
-from multiprocessing.connection import wait  # noqa: F401  (as multiprocessing.pool)
-import queue  # noqa: F401  (as multiprocessing.pool)
-import warnings  # noqa: F401  (as multiprocessing.pool)
-from _thread import allocate_lock
 
 from . import reduction
 from .queues import SimpleQueue
@@ -227,6 +227,7 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
 
 # --- results --------------------------------------------------------------------
 
+
 def _print_callback_error():
     print("Exception in a fastmp Pool callback (ignored):", file=sys.stderr)
     traceback.print_exc()
@@ -235,8 +236,18 @@ def _print_callback_error():
 class ApplyResult:
     """Result of :meth:`Pool.apply_async` (see multiprocessing.pool.AsyncResult)."""
 
-    __slots__ = ("_pool", "_lock", "_done", "_job", "_cache", "_callback", "_error_callback",
-                 "_success", "_value", "__weakref__")
+    __slots__ = (
+        "_pool",
+        "_lock",
+        "_done",
+        "_job",
+        "_cache",
+        "_callback",
+        "_error_callback",
+        "_success",
+        "_value",
+        "__weakref__",
+    )
 
     def __init__(self, pool, callback, error_callback, _next_job=job_counter.__next__):
         self._pool = pool
@@ -341,7 +352,7 @@ class MapResult(ApplyResult):
         self._number_left -= 1
         if ok and self._success:
             cs = self._chunksize
-            self._value[i * cs:(i + 1) * cs] = value
+            self._value[i * cs : (i + 1) * cs] = value
         elif not ok and self._success:
             self._success = False
             self._value = value
@@ -476,6 +487,7 @@ class _PoolCache(dict):
 
 
 # --- the pool ---------------------------------------------------------------------
+
 
 class _Core:
     """Everything the pool's threads need; the Pool object itself stays
@@ -868,7 +880,9 @@ class Pool:
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
 
-    def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None):
+    def __init__(
+        self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None
+    ):
         self._pool = []
         self._state = INIT
         self._core = None
@@ -897,13 +911,19 @@ class Pool:
         except BaseException:
             core.terminate((None, None))
             raise
-        self._worker_handler = threading.Thread(target=core.handle_workers, daemon=True, name="fastmp-pool-workers")
-        self._result_handler = threading.Thread(target=core.handle_results, daemon=True, name="fastmp-pool-results")
+        self._worker_handler = threading.Thread(
+            target=core.handle_workers, daemon=True, name="fastmp-pool-workers"
+        )
+        self._result_handler = threading.Thread(
+            target=core.handle_results, daemon=True, name="fastmp-pool-results"
+        )
         self._threads = [self._worker_handler, self._result_handler]
         self._worker_handler.start()
         self._result_handler.start()
         self._state = RUN
-        self._terminate = util.Finalize(self, core.terminate, args=(self._threads,), exitpriority=15)
+        self._terminate = util.Finalize(
+            self, core.terminate, args=(self._threads,), exitpriority=15
+        )
         self._put = core.inqueue.put
         self._put_many = core.inqueue.put_many
 
@@ -930,16 +950,15 @@ class Pool:
     def __repr__(self):
         cls = self.__class__
         return (
-            f"<{cls.__module__}.{cls.__qualname__} "
-            f"state={self._state} pool_size={len(self._pool)}>"
+            f"<{cls.__module__}.{cls.__qualname__} state={self._state} pool_size={len(self._pool)}>"
         )
 
     # -- API --
-    def apply(self, func, args=(), kwds={}):
+    def apply(self, func, args=(), kwds={}):  # noqa: B006  (the stdlib signature)
         """Calls func(*args, **kwds) in a worker and returns the result."""
         return self.apply_async(func, args, kwds).get()
 
-    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
+    def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):  # noqa: B006
         """Asynchronous version of apply(); returns an AsyncResult."""
         if self._state != RUN or os.getpid() != self._core.pid:
             self._check_running()
@@ -983,7 +1002,7 @@ class Pool:
             func = self._core.wire_function(func)
             items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
             tasks = [
-                (job, i, kind, func, items[start:start + chunksize], None)
+                (job, i, kind, func, items[start : start + chunksize], None)
                 for i, start in enumerate(range(0, len(items), chunksize))
             ]
             try:
@@ -1004,10 +1023,18 @@ class Pool:
     def _imap(self, cls, func, iterable, chunksize):
         self._check_running()
         if chunksize < 1:
-            raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = cls(self)
         core = self._core
-        feeder = _Feeder(core, result, _MAP, core.wire_function(func), iterable, chunksize, max(4 * self._processes, 8))
+        feeder = _Feeder(
+            core,
+            result,
+            _MAP,
+            core.wire_function(func),
+            iterable,
+            chunksize,
+            max(4 * self._processes, 8),
+        )
         core.feeders.add(feeder)
         feeder.thread.start()
         if chunksize == 1:

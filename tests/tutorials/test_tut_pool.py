@@ -29,12 +29,14 @@ def run(code: str, tmp_path, method: str, timeout: float = 90, expect_rc: int = 
     import textwrap
 
     out = run_script(prologue + textwrap.dedent(code), tmp_path, timeout=timeout)
-    assert out.returncode == expect_rc, f"rc={out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    assert out.returncode == expect_rc, (
+        f"rc={out.returncode}\nstdout:\n{out.stdout}\nstderr:\n{out.stderr}"
+    )
     return out.stdout
 
 
 def lines_with(out: str, prefix: str) -> list[str]:
-    return [line[len(prefix):].strip() for line in out.splitlines() if line.startswith(prefix)]
+    return [line[len(prefix) :].strip() for line in out.splitlines() if line.startswith(prefix)]
 
 
 @pytest.fixture(params=METHODS)
@@ -171,7 +173,11 @@ def test_000_1_process_manager(tmp_path):
     out = run(code, tmp_path, "fork")
     assert "Result: 25" in out
     results = [ast.literal_eval(x) for x in lines_with(out, "Results:")]
-    assert results == [[i * i for i in range(10)], [i * i for i in range(20)], [2 * i + 1 for i in range(5)]]
+    assert results == [
+        [i * i for i in range(10)],
+        [i * i for i in range(20)],
+        [2 * i + 1 for i in range(5)],
+    ]
 
 
 def test_000_1_pool_used_in_child_errors_instead_of_hanging(tmp_path):
@@ -180,13 +186,16 @@ def test_000_1_pool_used_in_child_errors_instead_of_hanging(tmp_path):
     forwards to get_result, so the script fails fast with a clear message."""
     code = PROCESS_MANAGER.replace("RUN_TASK", "self.pool.apply(func, args=args, kwds=kwargs)")
     out = run_script(
-        "import fastmp as _f\n_f.set_start_method('fork', force=True)\n" + code, tmp_path, timeout=60
+        "import fastmp as _f\n_f.set_start_method('fork', force=True)\n" + code,
+        tmp_path,
+        timeout=60,
     )
     assert out.returncode == 1
     assert "NotImplementedError: this Pool was created by process" in out.stderr
 
 
 # --- 001-5, 001-6 (B5: the missing imports and process_task prepended) ---
+
 
 def test_001_5_basic_pool(tmp_path, method):
     out = run(
@@ -293,10 +302,14 @@ def test_001_9_image_processor(tmp_path, method):
     (tmp_path / "input_images").mkdir()
     for i in range(6):
         ext = "png" if i % 2 else "jpg"
-        image.new("RGB", (64 + i, 48), (40 * i, 100, 150)).save(tmp_path / "input_images" / f"img{i}.{ext}")
+        image.new("RGB", (64 + i, 48), (40 * i, 100, 150)).save(
+            tmp_path / "input_images" / f"img{i}.{ext}"
+        )
     (tmp_path / "input_images" / "notes.txt").write_text("not an image")
     out = run(IMAGE_PROCESSOR, tmp_path, method)
-    assert sorted(lines_with(out, "processed:")) == sorted(f"img{i}.{'png' if i % 2 else 'jpg'}" for i in range(6))
+    assert sorted(lines_with(out, "processed:")) == sorted(
+        f"img{i}.{'png' if i % 2 else 'jpg'}" for i in range(6)
+    )
     for i in range(6):
         with image.open(tmp_path / "output_images" / f"img{i}.{'png' if i % 2 else 'jpg'}") as img:
             assert img.size == (800, 600)
@@ -376,10 +389,13 @@ def test_004_8_2_parallel_image_processing(tmp_path, method):
 
 # --- 001-10 (pandas on a generated CSV; chunks built by row position, see below) ---
 
+
 def test_001_10_data_analyzer(tmp_path, method):
     pd = pytest.importorskip("pandas")
     pytest.importorskip("numpy")
-    df = pd.DataFrame({"a": [float(i) for i in range(100)], "b": [float(i % 7) for i in range(100)]})
+    df = pd.DataFrame(
+        {"a": [float(i) for i in range(100)], "b": [float(i % 7) for i in range(100)]}
+    )
     df.to_csv(tmp_path / "large_dataset.csv", index=False)
     out = run(
         """
@@ -544,6 +560,7 @@ if __name__ == "__main__":
 
 # --- 003-5.4.3, 003-7.1.x ---
 
+
 def test_003_5_4_3_cross_platform(tmp_path, method):
     out = run(
         """
@@ -680,7 +697,11 @@ def test_003_7_1_2_pool_methods(tmp_path, method):
     assert lines_with(out, "Apply:") == ["100"]
     assert ast.literal_eval(lines_with(out, "Apply_async:")[0]) == [400, 441, 484]
     assert sorted(lines_with(out, "Task completed successfully:")) == ["400", "441", "484"]
-    assert [line.split(": ")[1] for line in out.splitlines() if line.startswith("Imap")] == ["900", "961", "1024"]
+    assert [line.split(": ")[1] for line in out.splitlines() if line.startswith("Imap")] == [
+        "900",
+        "961",
+        "1024",
+    ]
     prefix = "ForkPoolWorker-" if method == "fork" else "SpawnPoolWorker-"
     names = re.findall(r"Processing \d+ in (\S+) ", out)
     assert len(names) == 5 + 5 + 1 + 3 + 3 and all(n.startswith(prefix) for n in names)
@@ -724,6 +745,7 @@ def test_003_7_1_3_pool_vs_processes(tmp_path, method, variant):
 
 
 # --- 004 ---
+
 
 def test_004_3_3_process_pool(tmp_path, method):
     out = run(
@@ -854,8 +876,11 @@ def test_004_6_2_exceptions(tmp_path, method):
     )
     assert "Caught exception: Invalid value: 3" in out
     assert [line for line in out.splitlines() if line.startswith("Task")] == [
-        "Task 0 succeeded: 1", "Task 1 succeeded: 4", "Task 2 failed: Invalid value: 3",
-        "Task 3 succeeded: 16", "Task 4 succeeded: 25",
+        "Task 0 succeeded: 1",
+        "Task 1 succeeded: 4",
+        "Task 2 failed: Invalid value: 3",
+        "Task 3 succeeded: 16",
+        "Task 4 succeeded: 25",
     ]
 
 
@@ -909,7 +934,13 @@ def test_004_6_3_callbacks(tmp_path, method):
         tmp_path,
         method,
     )
-    assert sorted(int(x) for x in lines_with(out, "Task succeeded with result:")) == [0, 1, 4, 9, 16]
+    assert sorted(int(x) for x in lines_with(out, "Task succeeded with result:")) == [
+        0,
+        1,
+        4,
+        9,
+        16,
+    ]
 
 
 def test_004_6_4_initializer(tmp_path, method):
@@ -944,8 +975,11 @@ def test_004_6_4_initializer(tmp_path, method):
     )
     # Every task read the dict its worker's initializer built (else TypeError).
     assert re.search(r"Process \d+ initialized", out)
-    results = [tuple(int(v.split(": ")[1]) for v in line.split(", ")) for line in lines_with(out, "") if
-               line.startswith("Result:")]
+    results = [
+        tuple(int(v.split(": ")[1]) for v in line.split(", "))
+        for line in lines_with(out, "")
+        if line.startswith("Result:")
+    ]
     assert [r for r, _ in results] == [i * i for i in range(10)]
     assert all(pid > 0 for _, pid in results)
 
