@@ -266,3 +266,32 @@ if __name__ == "__main__":
     assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], (
         "workers outlived the script"
     )
+
+
+def test_fork_child_exit_does_not_stop_parents_pool(tmp_path):
+    """A bare os.fork() child runs the parent's exit handlers when it exits;
+    they must leave the parent's pool alone."""
+    out = run_script(
+        """
+        import os, sys
+        import fastmp
+
+        def square(x):
+            return x * x
+
+        if __name__ == "__main__":
+            pool = fastmp.Pool(2)
+            print(pool.apply(square, (2,)), flush=True)
+            pid = os.fork()
+            if pid == 0:
+                sys.exit(0)  # atexit: multiprocessing's finalizers run here
+            os.waitpid(pid, 0)
+            print(pool.map(square, range(4)))
+            pool.close()
+            pool.join()
+        """,
+        tmp_path,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["4", "[0, 1, 4, 9]"]

@@ -702,6 +702,8 @@ class _Core:
 
     # -- shutdown --
     def terminate(self, threads):
+        if os.getpid() != self.pid:
+            return  # a fork child's exit must not stop its parent's pool
         with self.lock:
             if self.terminated:
                 return
@@ -760,6 +762,8 @@ class _Core:
     def finish(self, threads):
         """After close(): waits for the pool's threads and workers, then frees
         its resources (unless terminate() got there first)."""
+        if os.getpid() != self.pid:
+            return
         for t in threads:
             if t is not threading.current_thread():
                 t.join()
@@ -1001,12 +1005,18 @@ class Pool:
             job = result._job
             func = self._core.wire_function(func)
             items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
-            tasks = [
-                (job, i, kind, func, items[start : start + chunksize], None)
-                for i, start in enumerate(range(0, len(items), chunksize))
-            ]
+            # Sent in small batches, so workers start on the first chunks while
+            # the rest are still being pickled.
+            per_batch = max(1, 1024 // chunksize)
+            put_many = self._put_many
             try:
-                self._put_many(tasks)
+                for first in range(0, len(items), chunksize * per_batch):
+                    put_many(
+                        [
+                            (job, start // chunksize, kind, func, items[start : start + chunksize], None)
+                            for start in range(first, min(len(items), first + chunksize * per_batch), chunksize)
+                        ]
+                    )
             except BaseException:
                 self._cache.pop(job, None)
                 raise
