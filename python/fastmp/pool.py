@@ -100,6 +100,19 @@ class PoolTerminatedError(ProcessError):
     """The pool was terminated before this task's result arrived."""
 
 
+# Bumped in every fork child: a Pool remembers the value it was created with,
+# so "used from another process" is one comparison (os.getpid() is a syscall).
+_fork_generation = 0
+
+
+def _after_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 # --- the shared per-worker slots ----------------------------------------------
 #
 # Each worker owns three int64 words in an anonymous shared mapping: the job id
@@ -907,6 +920,7 @@ class Pool:
         self._processes = processes
         core = _Core(self._ctx, processes, initializer, initargs, maxtasksperchild, self.Process)
         self._core = core
+        self._generation = _fork_generation
         self._cache = core.cache
         self._pool = core.workers
         try:
@@ -945,7 +959,7 @@ class Pool:
         if self._state != RUN:
             self._check_owner()
             raise ValueError("Pool not running")
-        if os.getpid() != self._core.pid:
+        if _fork_generation != self._generation:
             self._check_owner()
 
     def __reduce__(self):
@@ -964,7 +978,7 @@ class Pool:
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):  # noqa: B006
         """Asynchronous version of apply(); returns an AsyncResult."""
-        if self._state != RUN or os.getpid() != self._core.pid:
+        if self._state != RUN or _fork_generation != self._generation:
             self._check_running()
         result = ApplyResult(self, callback, error_callback)
         try:
