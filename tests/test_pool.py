@@ -346,3 +346,44 @@ def test_terminate_fails_pending_results_fastmp():
     with pytest.raises(fastmp.pool.PoolTerminatedError):
         r.get(10)
     pool.join()
+
+
+def test_functions_defined_under_main_guard_with_spawn_fastmp(tmp_path):
+    """Under spawn, a worker re-imports the main script without running its
+    `if __name__ == "__main__":` block; functions (and initializers) defined
+    there still work, sharing the worker's __main__ globals."""
+    from _script import run_script
+
+    out = run_script(
+        """
+        import fastmp
+
+        if __name__ == "__main__":
+            FACTOR = 5
+
+            def times(x):
+                return x * FACTOR
+
+            def init(value):
+                global SEEN
+                SEEN = value
+
+            def seen(_x):
+                return SEEN
+
+            ctx = fastmp.get_context("spawn")
+            with ctx.Pool(2, initializer=init, initargs=(7,)) as pool:
+                print(pool.map(times, range(5)), pool.apply(times, (3,)), list(pool.imap(times, range(3))))
+                print(pool.map(seen, range(4)))
+            with fastmp.ProcessPoolExecutor(2, mp_context=ctx) as ex:
+                print(ex.submit(times, 2).result(), list(ex.map(times, range(3))))
+        """,
+        tmp_path,
+        timeout=90,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "[0, 5, 10, 15, 20] 15 [0, 5, 10]",
+        "[7, 7, 7, 7]",
+        "10 [0, 5, 10]",
+    ]

@@ -173,6 +173,31 @@ def _rebuild_slots(n, holder):
 # --- the worker ---------------------------------------------------------------
 
 _CALL, _MAP, _STARMAP = 0, 1, 2
+_RESEND = "fastmp-pool-resend"
+
+
+def _adopt_into_main(func):
+    """A ``__main__`` function that arrived by value gets this process's
+    ``__main__`` namespace as its globals (its captured globals fill in names
+    the namespace lacks), so it shares state with the initializer and the
+    other functions as it would have in the parent."""
+    if not isinstance(func, types.FunctionType) or func.__module__ != "__main__":
+        return func
+    main = sys.modules.get("__main__")
+    if main is None or func.__globals__ is vars(main):
+        return func
+    namespace = vars(main)
+    for name, value in func.__globals__.items():
+        if not name.startswith("__"):
+            namespace.setdefault(name, value)
+    adopted = types.FunctionType(
+        func.__code__, namespace, func.__name__, func.__defaults__, func.__closure__
+    )
+    adopted.__kwdefaults__ = func.__kwdefaults__
+    adopted.__qualname__ = func.__qualname__
+    adopted.__dict__.update(func.__dict__)
+    namespace.setdefault(func.__name__, adopted)
+    return adopted
 
 
 def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
@@ -182,7 +207,16 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
     get = inqueue.get
     put = outqueue.put
     if init_blob is not None:
-        initializer, initargs = reduction.loads(init_blob)
+        by_reference, by_value = init_blob
+        try:
+            initializer, initargs = reduction.loads(by_reference)
+        except Exception:
+            if by_value is None:
+                raise
+            # Defined where this process cannot import it (e.g. under
+            # `if __name__ == "__main__":` with spawn): the copy by value.
+            initializer, initargs = reduction.loads(by_value)
+            initializer = _adopt_into_main(initializer)
         initializer(*initargs)
     completed = 0
     functions = {}  # pickled function -> function (see _Core.wire_function)
@@ -204,7 +238,31 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
                 try:
                     func = functions[func]
                 except KeyError:
-                    f = loads(func)
+                    try:
+                        f = loads(func)
+                    except Exception as e:  # noqa: BLE001
+                        # Pickled by reference, but not importable here (e.g.
+                        # defined under `if __name__ == "__main__":` with
+                        # spawn): the parent sends it again by value.
+                        put(
+                            (
+                                job,
+                                i,
+                                None,
+                                (
+                                    _RESEND,
+                                    func,
+                                    kind,
+                                    args,
+                                    kwds,
+                                    ExceptionWithTraceback(e, e.__traceback__),
+                                ),
+                            )
+                        )
+                        task = func = args = kwds = None
+                        words[base] = _IDLE
+                        continue
+                    f = _adopt_into_main(f)
                     if len(functions) > 1024:
                         functions.clear()
                     functions[func] = f
@@ -502,6 +560,30 @@ class _PoolCache(dict):
 # --- the pool ---------------------------------------------------------------------
 
 
+def _initializer_blob(ctx, initializer, initargs):
+    """(pickle by reference, pickle by value or None): a spawned worker cannot
+    import a function defined under ``if __name__ == "__main__":``; it falls
+    back to the copy by value (by reference is preferred: a by-value copy gets
+    its own globals, so an initializer setting module globals needs the real
+    module)."""
+    by_reference = reduction.dumps((initializer, initargs))
+    by_value = None
+    if (
+        getattr(initializer, "__module__", None) == "__main__"
+        and isinstance(initializer, types.FunctionType)
+        and ctx.get_start_method() != "fork"
+    ):
+        try:
+            import cloudpickle
+
+            by_value = cloudpickle.dumps(
+                (initializer, initargs), protocol=reduction.HIGHEST_PROTOCOL
+            )
+        except Exception:  # noqa: BLE001
+            by_value = None
+    return by_reference, by_value
+
+
 class _Core:
     """Everything the pool's threads need; the Pool object itself stays
     collectable, and its finalizer terminates the core."""
@@ -512,7 +594,9 @@ class _Core:
         self.processes = processes
         self.maxtasks = maxtasks
         self.process_factory = process_factory
-        self.init_blob = None if initializer is None else reduction.dumps((initializer, initargs))
+        self.init_blob = (
+            None if initializer is None else _initializer_blob(ctx, initializer, initargs)
+        )
         self.state = RUN
         self.cache = _PoolCache()
         self.inqueue = SimpleQueue(ctx=ctx)
@@ -526,6 +610,7 @@ class _Core:
         self.on_worker_lost = None  # hook for the executor
         self.feeders = set()
         self.wired = {}
+        self.by_reference = {}  # pickled-by-reference bytes -> function
         self.terminated = False
 
     def wire_function(self, func):
@@ -548,10 +633,12 @@ class _Core:
             if target is func and "<" not in func.__qualname__:
                 try:
                     wire = reduction.dumps(func)
+                    self.by_reference[wire] = func
                 except Exception:  # noqa: BLE001  (pickled per task; errors surface there)
                     wire = func
         if len(self.wired) > 1024:
             self.wired.clear()
+            self.by_reference.clear()
         self.wired[func] = wire
         return wire
 
@@ -693,7 +780,9 @@ class _Core:
                     return
                 job, i, ok, value = msg
                 if ok is None:  # failure reported by the pool itself
-                    if job == -2:  # a worker could not unpickle a task
+                    if type(value) is tuple and value and value[0] == _RESEND:
+                        self._resend(job, i, value)
+                    elif job == -2:  # a worker could not unpickle a task
                         self.lost_cause = value
                         self.suspect = True
                         self.wake()
@@ -712,6 +801,30 @@ class _Core:
                 if r is not None:
                     r._set(i, ok, value)
             msg = batch = r = value = None
+
+    def _resend(self, job, i, msg):
+        """A worker could not import a function sent by reference: send that
+        task again with the function pickled by value (once per function)."""
+        _, wire, kind, args, kwds, error = msg
+        func = self.by_reference.get(wire)
+        r = self.cache.get(job)
+        if r is None:
+            return
+        if func is not None:
+            try:
+                import cloudpickle
+
+                by_value = cloudpickle.dumps(func, protocol=reduction.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001
+                by_value = None
+            if by_value is not None:
+                self.wired[func] = by_value
+                try:
+                    self.inqueue.put((job, i, kind, by_value, args, kwds))
+                    return
+                except Exception:  # noqa: BLE001
+                    pass
+        r._fail(i, error)
 
     # -- shutdown --
     def terminate(self, threads):
@@ -1027,8 +1140,17 @@ class Pool:
                 for first in range(0, len(items), chunksize * per_batch):
                     put_many(
                         [
-                            (job, start // chunksize, kind, func, items[start : start + chunksize], None)
-                            for start in range(first, min(len(items), first + chunksize * per_batch), chunksize)
+                            (
+                                job,
+                                start // chunksize,
+                                kind,
+                                func,
+                                items[start : start + chunksize],
+                                None,
+                            )
+                            for start in range(
+                                first, min(len(items), first + chunksize * per_batch), chunksize
+                            )
                         ]
                     )
             except BaseException:
