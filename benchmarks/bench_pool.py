@@ -83,11 +83,12 @@ SCENARIOS = {
 }
 
 
-def run(rounds=5, scale=1.0, out=print):
+def run(rounds=5, scale=1.0, only=None, out=print):
     libs = {"multiprocessing": multiprocessing, "fastmp": fastmp}
-    results = {name: {lib: [] for lib in libs} for name in SCENARIOS}
+    scenarios = {k: v for k, v in SCENARIOS.items() if not only or k in only}
+    results = {name: {lib: [] for lib in libs} for name in scenarios}
     for r in range(rounds):
-        for name, (fn, n, _unit, _hib) in SCENARIOS.items():
+        for name, (fn, n, _unit, _hib) in scenarios.items():
             order = list(libs) if r % 2 == 0 else list(reversed(libs))
             for lib in order:
                 # fastmp gets more tasks so both runs last long enough to time.
@@ -97,7 +98,7 @@ def run(rounds=5, scale=1.0, out=print):
         f"{'scenario':<17} {'multiprocessing':>20} {'fastmp':>20} {'fastmp gain':>12}   (median of {rounds})"
     )
     summary = {}
-    for name, (_fn, _n, unit, higher_is_better) in SCENARIOS.items():
+    for name, (_fn, _n, unit, higher_is_better) in scenarios.items():
         med = {lib: statistics.median(v) for lib, v in results[name].items()}
         ratio = med["fastmp"] / med["multiprocessing"]
         if not higher_is_better:
@@ -115,5 +116,6 @@ if __name__ == "__main__":
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
     args = ap.parse_args()
-    run(args.rounds, args.scale)
+    run(args.rounds, args.scale, args.only)
