@@ -1057,6 +1057,7 @@ class Pool:
         )
         self._put = core.inqueue.put
         self._put_many = core.inqueue.put_many
+        self._wired = core.wired
 
     # -- checks --
     def _check_owner(self):
@@ -1095,7 +1096,10 @@ class Pool:
             self._check_running()
         result = ApplyResult(self, callback, error_callback)
         try:
-            self._put((result._job, 0, _CALL, self._core.wire_function(func), args, kwds))
+            wire = self._wired.get(func) if type(func) is types.FunctionType else None
+            if wire is None:
+                wire = self._core.wire_function(func)
+            self._put((result._job, 0, _CALL, wire, args, kwds))
         except BaseException:
             self._cache.pop(result._job, None)
             raise
