@@ -295,3 +295,18 @@ def test_fork_child_exit_does_not_stop_parents_pool(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["4", "[0, 1, 4, 9]"]
+
+
+def test_terminate_from_a_callback(pool):
+    """terminate() called from a callback (the result thread) stops the pool
+    and frees everything once that thread leaves."""
+    done = []
+
+    def stop(_value):
+        pool.terminate()
+        done.append(True)
+
+    r = pool.apply_async(square, (3,), callback=stop)
+    assert r.get(30) == 9
+    pool.join()
+    assert done == [True]

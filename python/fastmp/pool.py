@@ -362,12 +362,14 @@ class ApplyResult:
     def _finish(self):
         self._done = True
         self._lock.release()
-        self._cache.pop(self._job, None)
         self._pool = None
 
     def _set(self, i, ok, value):
         self._success = ok
         self._value = value
+        # Out of the cache before the callback runs: a callback that calls
+        # terminate() must not see this result as still pending.
+        self._cache.pop(self._job, None)
         if self._callback is not None or self._error_callback is not None:
             try:
                 if ok:
@@ -379,7 +381,6 @@ class ApplyResult:
                 _print_callback_error()
         self._done = True
         self._lock.release()
-        self._cache.pop(self._job, None)
         self._pool = None
 
     def _fail(self, i, exc):
@@ -428,6 +429,7 @@ class MapResult(ApplyResult):
             self._success = False
             self._value = value
         if self._number_left == 0:
+            self._cache.pop(self._job, None)
             try:
                 if self._success:
                     if self._callback is not None:
@@ -612,6 +614,7 @@ class _Core:
         self.wired = {}
         self.by_reference = {}  # pickled-by-reference bytes -> function
         self.terminated = False
+        self.release_on_exit = False
 
     def wire_function(self, func):
         """What to send for func: its pickle, cached, when func pickles by
@@ -767,6 +770,13 @@ class _Core:
 
     # -- results --
     def handle_results(self):
+        try:
+            self._handle_results()
+        finally:
+            if self.release_on_exit:
+                self.release()
+
+    def _handle_results(self):
         get_many = self.outqueue.get_many
         cache = self.cache
         cache_get = cache.get
@@ -874,6 +884,8 @@ class _Core:
         self.cache.clear()
         if threads[1] is None or threads[1] is not me:
             self.release()
+        else:
+            self.release_on_exit = True  # terminate() ran in a callback
 
     def close(self):
         """No new tasks: the workers stop once every pending result is in."""
