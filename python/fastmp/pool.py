@@ -1147,7 +1147,9 @@ class Pool:
         if chunksize > 0:
             job = result._job
             func = self._core.wire_function(func)
-            items = iterable if isinstance(iterable, (list, tuple)) else list(iterable)
+            # A range is sent as sub-ranges (three ints each) rather than as
+            # its items: the workers iterate the same ints.
+            items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
             # Sent in small batches, so workers start on the first chunks while
             # the rest are still being pickled.
             per_batch = max(1, 1024 // chunksize)
