@@ -73,6 +73,20 @@ class RefusesToUnpickle:
         return (_explode_outside_parent, ())
 
 
+def _die_outside_parent():
+    if os.getpid() != _PARENT:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "fine"
+
+
+class KillsWhileUnpickled:
+    """Kills the worker while it is still inside get(), before it has
+    recorded which task it took."""
+
+    def __reduce__(self):
+        return (_die_outside_parent, ())
+
+
 @pytest.fixture(params=METHODS)
 def pool(request, _no_leftovers):
     p = fastmp.get_context(request.param).Pool(2)
@@ -310,3 +324,10 @@ def test_terminate_from_a_callback(pool):
     assert r.get(30) == 9
     pool.join()
     assert done == [True]
+
+
+def test_worker_killed_while_taking_a_task(pool):
+    r = pool.apply_async(square, (KillsWhileUnpickled(),))
+    with pytest.raises(WorkerLostError, match="before recording it"):
+        r.get(timeout=30)
+    assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]
