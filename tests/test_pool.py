@@ -387,3 +387,13 @@ def test_functions_defined_under_main_guard_with_spawn_fastmp(tmp_path):
         "[7, 7, 7, 7]",
         "10 [0, 5, 10]",
     ]
+
+
+def test_every_start_method_fastmp(fctx):
+    """fork, spawn and forkserver: tasks, lambdas, initializer, executor."""
+    with fctx.Pool(2, initializer=set_init_value, initargs=("x",)) as pool:
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+        assert pool.apply(lambda: 3) == 3
+        assert {v[0] for v in pool.map(get_init_value, range(4), 1)} == {"x"}
+    with fastmp.ProcessPoolExecutor(2, mp_context=fctx) as ex:
+        assert list(ex.map(square, range(4))) == [0, 1, 4, 9]
