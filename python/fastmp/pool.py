@@ -747,11 +747,7 @@ class _Core:
         words = self.slots.words
         live = [i for i, w in enumerate(self.workers) if w is not None and w.exitcode is None]
         counts = tuple(words[i * _SLOT_WORDS + 2] for i in live)
-        quiet = (
-            self.inqueue.qsize() == 0
-            and all(words[i * _SLOT_WORDS] == _WAITING for i in live)
-            and not any(f.waiting_for_room for f in list(self.feeders))
-        )
+        quiet = self.inqueue.qsize() == 0 and all(words[i * _SLOT_WORDS] == _WAITING for i in live)
         if not quiet:
             return None
         if last != counts:
