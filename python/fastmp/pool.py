@@ -6,8 +6,13 @@ Same API and semantics as the stdlib's ``Pool``; what fastmp does differently:
   handler thread, no pipes, no ForkingPickler on the hot path); results are
   drained in batches. Small tasks are several times faster.
 * Functions that plain pickle cannot carry — lambdas, local functions,
-  closures, functions defined in ``__main__`` under spawn — work as tasks,
-  initializers and arguments (cloudpickle fallback).
+  closures — work as tasks, initializers and arguments (cloudpickle
+  fallback). Under spawn/forkserver, a function or initializer defined inside
+  ``if __name__ == "__main__":`` (which the worker's re-import of the script
+  does not define) is sent again by value and runs with the worker's
+  ``__main__`` globals.
+* Module-level functions are pickled once per pool, not once per task; a
+  ``range`` given to ``map`` travels as sub-ranges, not as its items.
 * A worker that dies in the middle of a task (SIGKILL, ``os._exit``, a
   segfault) does not hang the pool: that task's result fails with
   :class:`WorkerLostError` within about 0.1 s, the worker is replaced and the
