@@ -397,3 +397,15 @@ def test_every_start_method_fastmp(fctx):
         assert {v[0] for v in pool.map(get_init_value, range(4), 1)} == {"x"}
     with fastmp.ProcessPoolExecutor(2, mp_context=fctx) as ex:
         assert list(ex.map(square, range(4))) == [0, 1, 4, 9]
+
+
+def test_imap_unordered_yields_as_results_arrive(ctx):
+    """imap_unordered hands out each result as it arrives (what makes a tqdm
+    bar move): the quick tasks come out before the slow one finishes."""
+    with ctx.Pool(2) as pool:
+        it = pool.imap_unordered(sleep_then, [0, 1, 2, 3], 1)
+        # sleep_then(x) sleeps 0.3 s; submit a slow one alongside
+        slow = pool.apply_async(sleep_then, ("slow", 20))
+        first = [it.next(timeout=15) for _ in range(4)]
+        assert sorted(first) == [0, 1, 2, 3]
+        assert not slow.ready()  # still running: the pool's exit terminates it
