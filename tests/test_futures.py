@@ -263,3 +263,15 @@ def test_stdlib_executor_with_fastmp_context(tmp_path, method):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["9", "[0, 1, 4, 9, 16]"]
+
+
+def failing_initializer():
+    raise RuntimeError("initializer failed on purpose")
+
+
+def test_failing_initializer_breaks_the_executor(make):
+    ex = make(initializer=failing_initializer)
+    f = ex.submit(square, 2)
+    with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+        f.result(timeout=60)
+    ex.shutdown(wait=True)

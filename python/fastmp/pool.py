@@ -720,8 +720,19 @@ class _Core:
             job, chunk = words[base], words[base + 1]
             if job >= 0:
                 self._report_lost(job, chunk, w)
-            elif job == _WAITING and w.exitcode != 0:
-                self.suspect = True
+            elif w.exitcode != 0:
+                if job == _WAITING:
+                    self.suspect = True
+                if self.on_worker_lost is not None:
+                    # The executor breaks on any abrupt exit, as the stdlib's
+                    # (a failing initializer included).
+                    self.on_worker_lost(
+                        WorkerLostError(
+                            f"pool worker {w.name} (pid {w.pid}) exited with code {w.exitcode}",
+                            w.exitcode,
+                            w.pid,
+                        )
+                    )
             self.workers[idx] = None
             if self.state == RUN or (self.state == CLOSE and self.cache):
                 self.start_worker(idx)
