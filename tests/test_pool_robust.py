@@ -331,3 +331,13 @@ def test_worker_killed_while_taking_a_task(pool):
     with pytest.raises(WorkerLostError, match="before recording it"):
         r.get(timeout=30)
     assert pool.map(square, range(6)) == [0, 1, 4, 9, 16, 25]
+
+
+def test_dropped_pool_is_cleaned_up():
+    """A Pool dropped with results still pending stays alive until they are
+    in (as the stdlib's); then its finalizer, run in the pool's own result
+    thread, stops it: no worker, thread or fd is left (the leak fixture
+    checks)."""
+    p = fastmp.Pool(2)
+    results = [p.apply_async(time.sleep, (0.2,)) for _ in range(3)]
+    del p, results

@@ -852,6 +852,11 @@ class _Core:
     def terminate(self, threads):
         if os.getpid() != self.pid:
             return  # a fork child's exit must not stop its parent's pool
+        if threads[0] is not None and threading.current_thread() is threads[0]:
+            # The garbage collector ran the finalizer in the worker thread,
+            # which may hold self.lock: stop the pool from another thread.
+            threading.Thread(target=self.terminate, args=(threads,), daemon=True).start()
+            return
         with self.lock:
             if self.terminated:
                 return
