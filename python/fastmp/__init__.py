@@ -78,3 +78,13 @@ def __dir__():
 
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # fastmp.ProcessPoolExecutor, imported on first use (concurrent.futures is
+    # not needed by most scripts).
+    if name == "ProcessPoolExecutor":
+        from .futures import ProcessPoolExecutor
+
+        return ProcessPoolExecutor
+    raise AttributeError(f"module 'fastmp' has no attribute {name!r}")

@@ -88,14 +88,14 @@ class _FastmpFactories:
 
         return Pipe(duplex)
 
-    # Until fastmp has its own Pool and Manager, they run on the stdlib's
-    # context of the same start method: they reach into the stdlib queues'
-    # pipe internals.
     def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
-        """Returns a process pool object."""
-        from multiprocessing.pool import Pool
+        """Returns a process pool object (fastmp.pool.Pool)."""
+        from .pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, context=_stdlib_twin(self))
+        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+
+    # Until fastmp has its own Manager, it runs on the stdlib's context of the
+    # same start method: it reaches into the stdlib queues' pipe internals.
 
     def Manager(self):
         """Returns a manager associated with a running server process."""

@@ -1,11 +1,26 @@
-"""fastmp.futures: :mod:`concurrent.futures` for processes, on fastmp contexts.
+"""fastmp.futures: :mod:`concurrent.futures` for processes, on fastmp's transport.
 
-``fastmp.futures.ProcessPoolExecutor`` defaults ``mp_context`` to fastmp's
-current context. Everything else (``as_completed``, ``wait``, ``Future``,
-``FIRST_COMPLETED``, ...) is the stdlib's.
+``fastmp.futures.ProcessPoolExecutor`` (also ``fastmp.ProcessPoolExecutor``)
+has the stdlib executor's API and semantics (see
+:class:`concurrent.futures.ProcessPoolExecutor`) and runs on the same
+shared-memory transport as :class:`fastmp.pool.Pool`:
+
+* lambdas, local functions and closures can be submitted (cloudpickle fallback);
+* a worker that dies abruptly breaks the executor exactly as in the stdlib:
+  pending and running futures fail with :class:`BrokenProcessPool`, and so does
+  any later ``submit``;
+* ``mp_context`` defaults to fastmp's current context.
+
+Everything else (``as_completed``, ``wait``, ``Future``, ``FIRST_COMPLETED``,
+...) is the stdlib's, re-exported.
 """
 
-import concurrent.futures as _cf
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import threading
 from concurrent.futures import (  # noqa: F401
     ALL_COMPLETED,
     FIRST_COMPLETED,
@@ -17,12 +32,19 @@ from concurrent.futures import (  # noqa: F401
     InvalidStateError,
     ThreadPoolExecutor,
     TimeoutError,
+    _base,
     as_completed,
     wait,
 )
-from concurrent.futures.process import BrokenProcessPool  # noqa: F401
+from concurrent.futures.process import (  # noqa: F401
+    BrokenProcessPool,
+    _chain_from_iterable_of_lists,
+    _get_chunks,
+)
+from multiprocessing import util
 
 from . import context as _context
+from . import pool as _pool
 
 __all__ = [
     "ALL_COMPLETED",
@@ -41,14 +63,263 @@ __all__ = [
     "wait",
 ]
 
+# As the stdlib: one call queued beyond one per worker is "running"; the rest
+# stay pending (cancellable) in the parent.
+EXTRA_QUEUED_CALLS = 1
 
-class ProcessPoolExecutor(_cf.ProcessPoolExecutor):
-    """concurrent.futures.ProcessPoolExecutor with fastmp's start method by default."""
 
-    def __init__(self, max_workers=None, mp_context=None, initializer=None, initargs=(), **kwargs):
+class _Call:
+    """A submitted call, in the pool core's cache while it is in flight."""
+
+    __slots__ = ("future", "fn", "args", "kwargs", "_job", "executor")
+
+    def __init__(self, executor, future, fn, args, kwargs):
+        self.executor = executor
+        self.future = future
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def _set(self, i, ok, value):
+        ex = self.executor
+        # Refill the window before leaving the cache, so the pool never looks
+        # idle while calls are still waiting.
+        ex._done_one()
+        fut = self.future
+        try:
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+        except InvalidStateError:  # already failed by a broken pool
+            pass
+        ex._core.cache.pop(self._job, None)
+
+    def _fail(self, i, exc):
+        self._set(i, False, exc)
+
+    def _fail_pending(self, exc):
+        self._set(0, False, exc)
+
+
+class ProcessPoolExecutor(_base.Executor):
+    """concurrent.futures.ProcessPoolExecutor on fastmp's transport."""
+
+    def __init__(
+        self,
+        max_workers=None,
+        mp_context=None,
+        initializer=None,
+        initargs=(),
+        *,
+        max_tasks_per_child=None,
+    ):
+        if max_workers is None:
+            self._max_workers = os.cpu_count() or 1
+        else:
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+            self._max_workers = max_workers
         if mp_context is None:
-            mp_context = _context._default_context.get_context()
-        # Until fastmp's executor lands, run on the stdlib's twin context: the
-        # stdlib executor reads its result queue's pipe directly.
-        mp_context = _context._stdlib_twin(mp_context)
-        super().__init__(max_workers, mp_context, initializer, initargs, **kwargs)
+            if max_tasks_per_child is not None:
+                mp_context = _context._default_context.get_context("spawn")
+            else:
+                mp_context = _context._default_context.get_context()
+        self._mp_context = mp_context
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self._initializer = initializer
+        self._initargs = initargs
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            elif max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            if self._mp_context.get_start_method(allow_none=False) == "fork":
+                raise ValueError(
+                    "max_tasks_per_child is incompatible with"
+                    " the 'fork' multiprocessing start method;"
+                    " supply a different mp_context."
+                )
+        self._max_tasks_per_child = max_tasks_per_child
+        self._shutdown_thread = False
+        self._shutdown_lock = threading.RLock()
+        self._broken = False
+        self._core = None
+        self._threads = []
+        self._pending = collections.deque()
+        self._in_flight = 0
+        self._window = self._max_workers + EXTRA_QUEUED_CALLS
+        self._jobs = itertools.count()
+        self._finalizer = None
+        self._finisher = None
+
+    # -- workers --
+    def _start(self):
+        core = _pool._Core(
+            self._mp_context,
+            self._max_workers,
+            self._initializer,
+            self._initargs,
+            self._max_tasks_per_child,
+            _pool.Pool.Process,
+        )
+        try:
+            for idx in range(self._max_workers):
+                core.start_worker(idx)
+        except BaseException:
+            core.terminate((None, None))
+            raise
+        core.on_worker_lost = self._worker_lost
+        self._core = core
+        self._threads = [
+            threading.Thread(
+                target=core.handle_workers, daemon=True, name="fastmp-executor-workers"
+            ),
+            threading.Thread(
+                target=core.handle_results, daemon=True, name="fastmp-executor-results"
+            ),
+        ]
+        for t in self._threads:
+            t.start()
+        self._finalizer = util.Finalize(
+            self, core.terminate, args=(self._threads,), exitpriority=15
+        )
+
+    def _dispatch(self):
+        """Sends pending calls while the window has room (under _shutdown_lock)."""
+        core = self._core
+        while self._in_flight < self._window and self._pending:
+            call = self._pending.popleft()
+            if not call.future.set_running_or_notify_cancel():
+                continue
+            job = next(self._jobs)
+            call._job = job
+            core.cache[job] = call
+            self._in_flight += 1
+            try:
+                core.inqueue.put(
+                    (job, 0, _pool._CALL, core.wire_function(call.fn), call.args, call.kwargs)
+                )
+            except BaseException as e:
+                core.cache.pop(job, None)
+                self._in_flight -= 1
+                call.future.set_exception(e)
+            call.fn = call.args = call.kwargs = None
+
+    def _done_one(self):
+        with self._shutdown_lock:
+            self._in_flight -= 1
+            if not self._broken:
+                self._dispatch()
+
+    def _worker_lost(self, exc):
+        """Called by the pool core when a worker died mid-task: the stdlib
+        marks the whole executor broken, and so do we."""
+        with self._shutdown_lock:
+            if self._broken:
+                return
+            self._broken = (
+                "A child process terminated abruptly, the process pool is not usable anymore"
+            )
+            err = BrokenProcessPool(
+                "A process in the process pool was terminated abruptly "
+                "while the future was running or pending."
+            )
+            err.__cause__ = exc
+            pending, self._pending = list(self._pending), collections.deque()
+            for call in pending:
+                if call.future.set_running_or_notify_cancel():
+                    call.future.set_exception(err)
+            for call in list(self._core.cache.values()):
+                try:
+                    call.future.set_exception(err)
+                except InvalidStateError:
+                    pass
+            self._core.cache.clear()
+            self._in_flight = 0
+        # The core's worker thread holds its lock here: stop the pool from
+        # another thread.
+        core, threads = self._core, self._threads
+        finisher = threading.Thread(
+            target=core.terminate, args=(threads,), daemon=True, name="fastmp-executor-terminate"
+        )
+        finisher.start()
+        self._finisher = finisher
+
+    # -- API --
+    def submit(self, fn, /, *args, **kwargs):
+        with self._shutdown_lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown_thread:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._core is None:
+                self._start()
+            elif os.getpid() != self._core.pid:
+                raise NotImplementedError(
+                    "a ProcessPoolExecutor can only be used by the process that created it"
+                )
+            f = _base.Future()
+            self._pending.append(_Call(self, f, fn, args, kwargs))
+            self._dispatch()
+            return f
+
+    submit.__doc__ = _base.Executor.submit.__doc__
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Returns an iterator equivalent to map(fn, iter) (see the stdlib)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        results = super().map(
+            _ChunkRunner(fn), _get_chunks(*iterables, chunksize=chunksize), timeout=timeout
+        )
+        return _chain_from_iterable_of_lists(results)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._shutdown_lock:
+            self._shutdown_thread = True
+            if cancel_futures:
+                pending, self._pending = list(self._pending), collections.deque()
+                for call in pending:
+                    call.future.cancel()
+            core = self._core
+            if core is not None and not self._broken:
+                core.close()
+        if core is None:
+            return
+        if self._finalizer is not None:
+            self._finalizer.cancel()
+        if wait:
+            core.finish(self._threads)
+            if self._finisher is not None:
+                self._finisher.join()
+        elif self._finisher is None:
+            finisher = threading.Thread(
+                target=core.finish,
+                args=(self._threads,),
+                daemon=True,
+                name="fastmp-executor-shutdown",
+            )
+            finisher.start()
+            self._finisher = finisher
+
+    shutdown.__doc__ = _base.Executor.shutdown.__doc__
+
+
+class _ChunkRunner:
+    """Picklable stand-in for functools.partial(_process_chunk, fn)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, chunk):
+        fn = self.fn
+        return [fn(*args) for args in chunk]
+
+    def __reduce__(self):
+        return (_ChunkRunner, (self.fn,))
