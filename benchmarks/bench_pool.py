@@ -122,6 +122,11 @@ if __name__ == "__main__":
     )
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0)
-    ap.add_argument("--only", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=list(SCENARIOS),
+        help="run only this scenario (repeatable)",
+    )
     args = ap.parse_args()
     run(args.rounds, args.scale, args.only)

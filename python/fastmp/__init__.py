@@ -70,21 +70,17 @@ def __getattr__(name):
         import importlib
 
         return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
-
-
-__version__ = "0.1.0"
-
-
-def __getattr__(name):
     # fastmp.ProcessPoolExecutor, imported on first use (concurrent.futures is
     # not needed by most scripts).
     if name == "ProcessPoolExecutor":
         from .futures import ProcessPoolExecutor
 
         return ProcessPoolExecutor
-    raise AttributeError(f"module 'fastmp' has no attribute {name!r}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES) | {"ProcessPoolExecutor"})
+
+
+__version__ = "0.1.0"

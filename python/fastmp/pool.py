@@ -52,7 +52,7 @@ from multiprocessing import connection as _connection
 from multiprocessing import util
 from multiprocessing.connection import wait  # noqa: F401  (as multiprocessing.pool)
 from multiprocessing.context import ProcessError, TimeoutError
-from multiprocessing.pool import (  # noqa: F401  (public names of multiprocessing.pool)
+from multiprocessing.pool import (  # type: ignore[attr-defined]  # noqa: F401  (public names of multiprocessing.pool)
     CLOSE,
     INIT,
     RUN,
@@ -65,7 +65,7 @@ from multiprocessing.pool import (  # noqa: F401  (public names of multiprocessi
     rebuild_exc,
     starmapstar,
 )
-from multiprocessing.pool import worker as _stdlib_worker  # noqa: F401
+from multiprocessing.pool import worker as _stdlib_worker  # type: ignore[attr-defined]  # noqa: F401
 
 from . import reduction
 from .queues import SimpleQueue
@@ -396,7 +396,7 @@ class ApplyResult:
     def _fail_pending(self, exc):
         self._fail(0, exc)
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    __class_getitem__ = classmethod(types.GenericAlias)  # type: ignore[var-annotated]
 
 
 AsyncResult = ApplyResult

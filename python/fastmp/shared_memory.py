@@ -27,7 +27,9 @@ from multiprocessing import shared_memory as _std
 __all__ = ["SharedMemory", "ShareableList"]
 
 # The other public names of multiprocessing.shared_memory (partial, ...).
-globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_") and k not in __all__})
+globals().update(
+    {k: v for k, v in vars(_std).items() if not k.startswith("_") and k not in __all__}
+)
 
 _O_CREX = os.O_CREAT | os.O_EXCL
 
