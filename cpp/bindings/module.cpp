@@ -8,6 +8,7 @@ namespace py = pybind11;
 namespace fastmp::py_bind {
 void register_errors(py::module_& m);
 void register_queue(py::module_& m);
+void register_sync(py::module_& m);
 }  // namespace fastmp::py_bind
 
 PYBIND11_MODULE(_fastmp, m) {
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_fastmp, m) {
     fastmp::py_bind::register_errors(m);
     fastmp::py_bind::init_pickling(m);
     fastmp::py_bind::register_queue(m);
+    fastmp::py_bind::register_sync(m);
 }
