@@ -142,7 +142,7 @@ PyObject* semlock_acquire(PyObject* self, PyObject* const* args, Py_ssize_t narg
     }
     PyObject *block, *timeout;
     if (!parse_block_timeout("acquire", args, nargs, kwnames, &block, &timeout)) return nullptr;
-    if (s->lock && s->lock->try_acquire()) Py_RETURN_TRUE;
+    if (s->lock && timeout == Py_None && s->lock->try_acquire()) Py_RETURN_TRUE;
     return semlock_acquire_slow(s, block, timeout);
 }
 
@@ -238,7 +238,7 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
     }
     bool single = kind == recursive_mutex_kind || (value == 1 && maxvalue == 1);
     try {
-        if (fd >= 0) {
+        if (arena_id != 0) {  // attach (fd is -1 when the arena came with an earlier object)
             sync_ref ref = sync_attach(fd, arena_id, index);
             if (single)
                 s->lock = new shm_lock(shm_lock::attach(std::move(ref)));
@@ -534,7 +534,7 @@ sync_ref attach_ref(int fd, std::uint64_t arena_id, std::uint32_t index) { retur
 class py_condvar {
 public:
     py_condvar(int fd, std::uint64_t arena_id, std::uint32_t index)
-        : c_(fd >= 0 ? shm_condition::attach(attach_ref(fd, arena_id, index)) : shm_condition::create()) {}
+            : c_(arena_id != 0 ? shm_condition::attach(attach_ref(fd, arena_id, index)) : shm_condition::create()) {}
 
     py::tuple enlist() {
         std::uint32_t since = c_.ticket();
@@ -582,7 +582,7 @@ private:
 class py_barrier_state {
 public:
     py_barrier_state(std::uint32_t parties, int fd, std::uint64_t arena_id, std::uint32_t index)
-        : b_(fd >= 0 ? shm_barrier_state::attach(attach_ref(fd, arena_id, index))
+        : b_(arena_id != 0 ? shm_barrier_state::attach(attach_ref(fd, arena_id, index))
                      : shm_barrier_state::create(parties)) {}
     shm_barrier_state b_;
 };
