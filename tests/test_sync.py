@@ -10,6 +10,13 @@ import pytest
 
 import fastmp
 
+# The stdlib's Barrier and Value allocate from multiprocessing.heap, which keeps
+# its arena (an fd) open for the life of the process: create it up front so
+# the leak check does not blame the first test that uses it.
+import multiprocessing.heap  # noqa: E402
+
+_STDLIB_HEAP_WARMUP = multiprocessing.heap.BufferWrapper(64)
+
 
 # --- process targets (module level, for spawn) ---
 

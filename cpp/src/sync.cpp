@@ -435,7 +435,7 @@ wait_result shm_event::wait(std::uint32_t ticket, clock::duration slice) noexcep
     if (ticket != 0) return wait_result::woken;
     // A round trip between two processes on two cores is shorter than a
     // sleep and wake-up: spin briefly before sleeping.
-    for (int i = 0; i < 2000; ++i) {
+    for (int i = 0; i < 64; ++i) {
         if (atomic(layout_->flag).load(std::memory_order_relaxed) != 0) return wait_result::woken;
         cpu_relax();
     }

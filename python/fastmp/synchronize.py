@@ -19,6 +19,9 @@ What fastmp does differently:
 
 from __future__ import annotations
 
+import _multiprocessing  # noqa: F401  (a name of multiprocessing.synchronize)
+import sys  # noqa: F401
+import tempfile  # noqa: F401
 import threading
 import time
 from multiprocessing import context as _std_context
@@ -32,7 +35,6 @@ __all__ = ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event
 # The stdlib module's other public names, for code that reaches for them.
 import multiprocessing.synchronize as _std_sync  # noqa: E402
 
-tempfile = _std_sync.tempfile
 util = _std_sync.util
 context = _std_context
 process = _process
