@@ -633,7 +633,7 @@ void register_sync(py::module_& m) {
         .def_property_readonly("parties", [](const py_barrier_state& s) { return s.b_.parties(); })
         .def("arrive", [](py_barrier_state& s) { s.b_.arrive(); })
         .def("leave", [](py_barrier_state& s) { s.b_.leave(); })
-        .def("reap_dead", [](py_barrier_state& s) { return s.b_.reap_dead(); })
+        .def("reap_dead", [](py_barrier_state& s, bool quick) { return s.b_.reap_dead(quick); }, py::arg("quick") = false)
         .def("_handle", [](const py_barrier_state& s) { return handle_of(s.b_.ref()); });
 }
 

@@ -7,6 +7,8 @@
 #include <stdexcept>
 
 #include <sys/random.h>
+#include <signal.h>
+#include <cerrno>
 #include <unistd.h>
 
 namespace fastmp {
@@ -609,10 +611,13 @@ void shm_barrier_state::leave() noexcept {
     }
 }
 
-std::uint32_t shm_barrier_state::reap_dead() noexcept {
+std::uint32_t shm_barrier_state::reap_dead(bool quick) noexcept {
     std::uint32_t gone = 0;
     for (holder_entry& e : layout_->inside) {
-        if (e.units == 0 || process_alive(static_cast<pid_t>(e.pid))) continue;
+        if (e.units == 0) continue;
+        if (quick ? !(::kill(static_cast<pid_t>(e.pid), 0) != 0 && errno == ESRCH)
+                  : process_alive(static_cast<pid_t>(e.pid)))
+            continue;
         gone += e.units;
         e.units = 0;
         e.pid = 0;

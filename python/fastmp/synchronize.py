@@ -325,6 +325,10 @@ class Barrier(threading.Barrier):
         with self._cond:
             self._enter()
             index = self._shared.count
+            if index + 1 == self._parties and self._shared.reap_dead(True):
+                # A party died inside wait(): do not release the others as if it were there.
+                self._break()
+                raise threading.BrokenBarrierError
             self._shared.arrive()
             try:
                 if index + 1 == self._parties:

@@ -336,7 +336,9 @@ public:
     void arrive() noexcept;   // count += 1, recorded for this pid
     void leave() noexcept;    // count -= 1
     // Forgets parties whose process died inside wait(); returns how many.
-    std::uint32_t reap_dead() noexcept;
+    // quick: only processes already reaped (one kill(pid, 0) each), for the
+    // check the last party makes before releasing the others.
+    std::uint32_t reap_dead(bool quick = false) noexcept;
     const sync_ref& ref() const noexcept { return ref_; }
 
 private:
