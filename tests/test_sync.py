@@ -443,3 +443,29 @@ def test_all_start_methods(fctx):
     p.join(30)
     assert p.exitcode == 0
     assert sem.get_value() == 0
+
+
+def _wait_then_check(ev, lock, q):
+    ev.wait(30)
+    q.put(lock.acquire(False))  # still our own lock, untouched by the parent's new ones
+    lock.release()
+
+
+def test_slot_not_reused_while_a_forked_child_uses_it():
+    import gc
+
+    ctx = fastmp.get_context("fork")
+    lock, ev, q = ctx.Lock(), ctx.Event(), ctx.Queue()
+    where = lock._handle()[1:]
+    p = ctx.Process(target=_wait_then_check, args=(ev, lock, q))
+    p.start()
+    del lock
+    gc.collect()
+    others = [ctx.Lock() for _ in range(50)]
+    assert all(o._handle()[1:] != where for o in others)
+    for o in others:
+        o.acquire()  # would show up as "held" in the child if a slot were shared
+    ev.set()
+    assert q.get(timeout=30) is True
+    p.join(30)
+    assert p.exitcode == 0

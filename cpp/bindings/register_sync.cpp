@@ -612,6 +612,9 @@ void register_sync(py::module_& m) {
     if (!event) throw py::error_already_set();
     m.add_object("Event", py::reinterpret_steal<py::object>(event));
 
+    m.def("_sync_drop_all_refs", &sync_drop_all_refs,
+          "Drops this process's references to shared sync objects (at exit of a child).");
+
     py::class_<py_condvar>(m, "CondVar", "A Condition's shared waiter table (mechanism only).")
         .def(py::init<int, std::uint64_t, std::uint32_t>(), py::arg("fd") = -1, py::arg("arena_id") = 0,
              py::arg("index") = 0)

@@ -4,6 +4,10 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
+#include <set>
+
+#include <pthread.h>
 #include <stdexcept>
 
 #include <sys/random.h>
@@ -152,19 +156,14 @@ std::uint32_t sync_arena::used_slots() const noexcept {
 
 // ---------------------------------------------------------------- references and the registry
 
-sync_ref::sync_ref(std::shared_ptr<sync_arena> a, std::uint32_t index, bool counted)
-    : arena_(std::move(a)), index_(index), owner_(counted ? current_pid() : 0) {}
-
-sync_ref::~sync_ref() {
-    if (arena_ && owner_ != 0 && owner_ == current_pid()) arena_->drop_ref(index_);
-}
-
 namespace {
 
 struct registry {
-    std::mutex mu;
+    std::mutex mu;  // arenas and current
     std::map<std::uint64_t, std::weak_ptr<sync_arena>> arenas;
     std::weak_ptr<sync_arena> current;
+    std::mutex refs_mu;
+    std::set<sync_ref::state*> refs;  // every live handle in this process
 };
 
 registry& reg() {
@@ -172,7 +171,53 @@ registry& reg() {
     return *r;
 }
 
+// A forked child uses every handle it inherited, so it takes a reference for
+// each: the parent dropping its own must not free a slot the child still uses.
+void take_refs_in_child() {
+    registry& r = reg();
+    new (&r.mu) std::mutex();  // another thread may have held them at fork time
+    new (&r.refs_mu) std::mutex();
+    // Not current_pid(): its own fork handler may not have run yet.
+    pid_t me = ::getpid();
+    for (sync_ref::state* s : r.refs) {
+        if (s->owner == 0) continue;
+        s->arena->add_ref(s->index);
+        s->owner = me;
+    }
+}
+
+struct fork_hook {
+    fork_hook() { ::pthread_atfork(nullptr, nullptr, take_refs_in_child); }
+} fork_hook_instance;
+
 }  // namespace
+
+sync_ref::sync_ref(std::shared_ptr<sync_arena> a, std::uint32_t index, bool counted)
+    : s_(new state{std::move(a), index, counted ? current_pid() : 0}) {
+    registry& r = reg();
+    std::lock_guard<std::mutex> g(r.refs_mu);
+    r.refs.insert(s_.get());
+}
+
+sync_ref::~sync_ref() {
+    if (!s_) return;
+    registry& r = reg();
+    {
+        std::lock_guard<std::mutex> g(r.refs_mu);
+        r.refs.erase(s_.get());
+    }
+    if (s_->owner != 0 && s_->owner == current_pid()) s_->arena->drop_ref(s_->index);
+}
+
+void sync_drop_all_refs() noexcept {
+    registry& r = reg();
+    std::lock_guard<std::mutex> g(r.refs_mu);
+    pid_t me = current_pid();
+    for (sync_ref::state* s : r.refs) {
+        if (s->owner == me) s->arena->drop_ref(s->index);
+        s->owner = 0;
+    }
+}
 
 sync_ref sync_allocate(std::uint32_t bytes) {
     const std::uint32_t n = bytes_to_slots(bytes);
@@ -436,11 +481,14 @@ void shm_event::set() noexcept {
 wait_result shm_event::wait(std::uint32_t ticket, clock::duration slice) noexcept {
     if (ticket != 0) return wait_result::woken;
     // A round trip between two processes on two cores is shorter than a
-    // sleep and wake-up: spin briefly before sleeping.
-    for (int i = 0; i < 64; ++i) {
-        if (atomic(layout_->flag).load(std::memory_order_relaxed) != 0) return wait_result::woken;
-        cpu_relax();
-    }
+    // sleep and wake-up: spin for a few microseconds before sleeping.
+    const auto spin_until = clock::now() + std::chrono::microseconds(10);
+    do {
+        for (int i = 0; i < 32; ++i) {
+            if (atomic(layout_->flag).load(std::memory_order_relaxed) != 0) return wait_result::woken;
+            cpu_relax();
+        }
+    } while (clock::now() < spin_until);
     atomic(layout_->waiters).fetch_add(1);
     wait_result r = futex_wait(&layout_->flag, 0, slice);
     atomic(layout_->waiters).fetch_sub(1);

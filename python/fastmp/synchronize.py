@@ -20,6 +20,7 @@ What fastmp does differently:
 from __future__ import annotations
 
 import _multiprocessing  # noqa: F401  (a name of multiprocessing.synchronize)
+import os
 import sys  # noqa: F401
 import tempfile  # noqa: F401
 import threading
@@ -51,6 +52,33 @@ BoundedSemaphore = _fastmp.BoundedSemaphore
 Event = _fastmp.Event
 
 
+# --- lifetime of the shared slots ---
+#
+# Each process that uses a primitive holds a reference to its slot (the C++
+# side takes them for the creator, for every rebuild, and for every handle a
+# forked child inherits). A child that exits normally gives all of its
+# references back here, so the slots can be reused; a child killed by SIGKILL
+# keeps them until the arena itself goes away with the last process using it.
+
+_exit_hook_pid = None
+
+
+def _drop_refs_at_exit():
+    global _exit_hook_pid
+    if _exit_hook_pid == os.getpid():
+        return
+    _exit_hook_pid = os.getpid()
+    util.Finalize(None, _fastmp._sync_drop_all_refs, exitpriority=-100)
+
+
+class _ForkAnchor:
+    pass
+
+
+_fork_anchor = _ForkAnchor()
+util.register_after_fork(_fork_anchor, lambda _anchor: _drop_refs_at_exit())
+
+
 class _SentAlready:
     """Stands for an arena fd passed earlier to the same child (spawn refuses
     the same fd twice, and one mapping per arena is enough)."""
@@ -72,6 +100,7 @@ def _arena_fd_for_child(fd):
 
 
 def _rebuild_semlock(cls, kind, maxvalue, fd_holder, arena_id, index):
+    _drop_refs_at_exit()
     return cls._attach(kind, maxvalue, fd_holder.detach(), arena_id, index)
 
 
@@ -160,6 +189,7 @@ process, acquired by another) is never topped up by a death.
 
 
 def _rebuild_event(cls, fd_holder, arena_id, index):
+    _drop_refs_at_exit()
     return cls._attach(fd_holder.detach(), arena_id, index)
 
 
@@ -181,6 +211,7 @@ Event.__repr__ = _event_repr
 
 
 def _rebuild_condvar(fd_holder, arena_id, index):
+    _drop_refs_at_exit()
     return _CondVar(fd_holder.detach(), arena_id, index)
 
 
@@ -274,6 +305,7 @@ class Condition:
 
 
 def _rebuild_barrier_state(parties, fd_holder, arena_id, index):
+    _drop_refs_at_exit()
     return _BarrierState(parties, fd_holder.detach(), arena_id, index)
 
 

@@ -87,24 +87,33 @@ private:
     segment seg_;
 };
 
-// A counted reference from this process to an object in an arena. Dropped
-// only by the process that took it (a forked child's copy drops nothing).
+// A counted reference from this process to an object in an arena. Every
+// process that uses the object owns one: the creator, each rebuild under
+// spawn/forkserver, and each forked child (taken for every live handle right
+// after fork). It is dropped when the handle dies in the process that took it,
+// or all at once by sync_drop_all_refs() when the process exits normally.
 class sync_ref {
 public:
+    struct state {
+        std::shared_ptr<sync_arena> arena;
+        std::uint32_t index = 0;
+        pid_t owner = 0;  // 0: holds no reference
+    };
     sync_ref() = default;
     sync_ref(std::shared_ptr<sync_arena> a, std::uint32_t index, bool counted);
     sync_ref(sync_ref&&) noexcept = default;
     sync_ref& operator=(sync_ref&&) noexcept = default;
     ~sync_ref();
-    std::byte* data() const noexcept { return arena_->slot(index_); }
-    const std::shared_ptr<sync_arena>& arena() const noexcept { return arena_; }
-    std::uint32_t index() const noexcept { return index_; }
+    std::byte* data() const noexcept { return s_->arena->slot(s_->index); }
+    const std::shared_ptr<sync_arena>& arena() const noexcept { return s_->arena; }
+    std::uint32_t index() const noexcept { return s_->index; }
 
 private:
-    std::shared_ptr<sync_arena> arena_;
-    std::uint32_t index_ = 0;
-    pid_t owner_ = 0;  // 0: not counted
+    std::unique_ptr<state> s_;  // stable address: the process-wide list points to it
 };
+
+// Drops every reference this process holds (at normal exit of a child).
+void sync_drop_all_refs() noexcept;
 
 // The process-wide arena table: allocation, and attaching arenas received
 // from other processes (each arena is mapped once per process).
