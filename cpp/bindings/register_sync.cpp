@@ -261,10 +261,12 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
 
 // SemLock(kind, value, maxvalue): the stdlib's low-level constructor.
 int semlock_init(PyObject* self, PyObject* args, PyObject* kwds) {
-    static const char* kwlist[] = {"kind", "value", "maxvalue", nullptr};
+    static const char* kwlist[] = {"kind", "value", "maxvalue", "ctx", nullptr};
     int kind = 0;
     long value = 0, maxvalue = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ill:SemLock", const_cast<char**>(kwlist), &kind, &value, &maxvalue))
+    PyObject* ctx = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "ill|$O:SemLock", const_cast<char**>(kwlist), &kind, &value,
+                                     &maxvalue, &ctx))
         return -1;
     return semlock_setup(as_semlock(self), kind, value, maxvalue, -1, 0, 0);
 }

@@ -20,6 +20,7 @@ What fastmp does differently:
 from __future__ import annotations
 
 import _multiprocessing  # noqa: F401  (a name of multiprocessing.synchronize)
+import operator
 import os
 import sys  # noqa: F401
 import tempfile  # noqa: F401
@@ -330,7 +331,12 @@ class Barrier(threading.Barrier):
     """
 
     def __init__(self, parties, action=None, timeout=None, *, ctx=None):
-        self.__setstate__((parties, action, timeout, Condition(), _BarrierState(parties)))
+        try:
+            n = operator.index(parties)
+        except TypeError:
+            raise TypeError(f"parties must be an integer, not {type(parties).__name__}") from None
+        shared = _BarrierState(min(max(n, 0), 2**31 - 1))
+        self.__setstate__((parties, action, timeout, Condition(), shared))
 
     def __setstate__(self, state):
         self._parties, self._action, self._timeout, self._cond, self._shared = state
