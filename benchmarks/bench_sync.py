@@ -91,7 +91,7 @@ def _barrier_cycle(lib, n):
 
 
 def _cond_pong(cond, turn, n):
-    for i in range(n):
+    for _ in range(n):
         with cond:
             cond.wait_for(lambda: turn.value == 1)
             turn.value = 0
@@ -141,7 +141,9 @@ def run(rounds=5, scale=1.0, names=None, out=print):
             order = list(libs) if r % 2 == 0 else list(reversed(libs))
             for lib in order:
                 results[name][lib].append(fn(libs[lib], max(10, int(n * scale))))
-    out(f"{'scenario':<24} {'multiprocessing':>16} {'fastmp':>12} {'fastmp/mp':>10}   (median of {rounds})")
+    out(
+        f"{'scenario':<24} {'multiprocessing':>16} {'fastmp':>12} {'fastmp/mp':>10}   (median of {rounds})"
+    )
     summary = {}
     for name in names:
         _fn, _n, s, unit = SCENARIOS[name]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing.heap
 import pickle
 import threading
 import time
@@ -13,8 +14,6 @@ import fastmp
 # The stdlib's Barrier and Value allocate from multiprocessing.heap, which keeps
 # its arena (an fd) open for the life of the process: create it up front so
 # the leak check does not blame the first test that uses it.
-import multiprocessing.heap  # noqa: E402
-
 _STDLIB_HEAP_WARMUP = multiprocessing.heap.BufferWrapper(64)
 
 
@@ -156,7 +155,9 @@ def test_lock_repr_other_thread(ctx):
 def test_rlock(ctx):
     rlock = ctx.RLock()
     assert repr(rlock) == "<RLock(None, 0)>"
-    with pytest.raises(AssertionError, match="attempt to release recursive lock not owned by thread"):
+    with pytest.raises(
+        AssertionError, match="attempt to release recursive lock not owned by thread"
+    ):
         rlock.release()
     assert rlock.acquire()
     assert rlock.acquire()
@@ -384,10 +385,14 @@ def test_barrier_timeout_abort_reset(ctx):
 # --- pickling ---
 
 
-@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier"])
+@pytest.mark.parametrize(
+    "kind", ["Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition", "Event", "Barrier"]
+)
 def test_pickling_refused_outside_spawning(ctx, kind):
     obj = getattr(ctx, kind)(2) if kind == "Barrier" else getattr(ctx, kind)()
-    with pytest.raises(RuntimeError, match="should only be shared between processes through inheritance"):
+    with pytest.raises(
+        RuntimeError, match="should only be shared between processes through inheritance"
+    ):
         pickle.dumps(obj)
 
 
@@ -469,3 +474,31 @@ def test_slot_not_reused_while_a_forked_child_uses_it():
     assert q.get(timeout=30) is True
     p.join(30)
     assert p.exitcode == 0
+
+
+def _add_under_lock(v, n):
+    for _ in range(n):
+        with v.get_lock():
+            v.value += 1
+
+
+def test_lock_works_in_stdlib_synchronized_wrappers(fctx):
+    """Value/Array wrappers (stdlib-style sharedctypes.synchronized) take a fastmp lock.
+
+    (An RLock, as Value's default: `.value` takes the lock again inside
+    `with get_lock()`, so a plain Lock deadlocks there, with the stdlib too.)
+    """
+    import multiprocessing.sharedctypes as std_sharedctypes
+
+    lock = fctx.RLock()
+    v = std_sharedctypes.synchronized(std_sharedctypes.RawValue("i", 0), lock)
+    assert v.get_lock() is lock
+    assert v.acquire() is True
+    v.release()
+    procs = [fctx.Process(target=_add_under_lock, args=(v, 500)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert v.value == 1000

@@ -108,7 +108,10 @@ def _rebuild_semlock(cls, kind, maxvalue, fd_holder, arena_id, index):
 def _semlock_reduce(self):
     _std_context.assert_spawning(self)
     fd, arena_id, index = self._handle()
-    return (_rebuild_semlock, (type(self), self.kind, self.maxvalue, _arena_fd_for_child(fd), arena_id, index))
+    return (
+        _rebuild_semlock,
+        (type(self), self.kind, self.maxvalue, _arena_fd_for_child(fd), arena_id, index),
+    )
 
 
 def _owner_name():
