@@ -399,6 +399,8 @@ def test_pickling_refused_outside_spawning(ctx, kind):
 def test_types_and_names():
     import multiprocessing.synchronize as std
 
+    import fastmp.synchronize
+
     for name in dir(std):
         if not name.startswith("__"):
             assert hasattr(fastmp.synchronize, name), name
