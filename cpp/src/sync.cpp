@@ -287,7 +287,8 @@ void shm_lock::took_it() noexcept {
 }
 
 bool shm_lock::try_acquire_after_wait() noexcept {
-    if (try_acquire()) return true;  // recursion, or nobody else waited meanwhile
+    // Not try_acquire(): taking the word without the waiters bit would let
+    // our release skip the wake-up that another sleeper needs.
     std::uint32_t expected = 0;
     std::uint32_t mine = static_cast<std::uint32_t>(current_pid()) | waiters_bit;
     if (atomic(layout_->word).compare_exchange_strong(expected, mine, std::memory_order_acquire)) {

@@ -110,6 +110,33 @@ TEST(SyncLock, MutualExclusionAcrossThreads) {
     EXPECT_FALSE(l.locked());
 }
 
+TEST(SyncLock, EverySleeperIsWoken) {
+    // Three threads sleep on a held lock; each release must hand it on
+    // promptly (a lost waiters bit would leave one asleep for a whole slice).
+    auto l = shm_lock::create(false);
+    ASSERT_TRUE(l.try_acquire());
+    std::atomic<int> done{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t)
+        ts.emplace_back([&] {
+            bool waited = false;
+            for (;;) {
+                auto tk = l.ticket();
+                if (waited ? l.try_acquire_after_wait() : l.try_acquire()) break;
+                waited = true;
+                // An endless slice: only a wake-up gets us out (a lost one
+                // hangs the test until ctest's timeout fails it).
+                l.wait(tk, 100000s);
+            }
+            ++done;
+            EXPECT_EQ(l.release(), status::ok);
+        });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(l.release(), status::ok);
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(done.load(), 3);
+}
+
 TEST(SyncLock, ReleaseUnlockedIsTooMany) {
     auto l = shm_lock::create(false);
     EXPECT_EQ(l.release(), status::too_many);
