@@ -482,8 +482,9 @@ void shm_event::set() noexcept {
 wait_result shm_event::wait(std::uint32_t ticket, clock::duration slice) noexcept {
     if (ticket != 0) return wait_result::woken;
     // A round trip between two processes on two cores is shorter than a
-    // sleep and wake-up: spin for a few microseconds before sleeping.
-    const auto spin_until = clock::now() + std::chrono::microseconds(10);
+    // sleep and wake-up: spin for a few microseconds before sleeping (not longer:
+    // on a loaded machine the spinner takes the core the setter needs).
+    const auto spin_until = clock::now() + std::chrono::microseconds(3);
     do {
         for (int i = 0; i < 32; ++i) {
             if (atomic(layout_->flag).load(std::memory_order_relaxed) != 0) return wait_result::woken;
