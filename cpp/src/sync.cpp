@@ -397,9 +397,10 @@ bool shm_semaphore::try_acquire() noexcept {
     semaphore_layout* l = layout_;
     if (atomic(l->value).load(std::memory_order_relaxed) == 0) return false;
     robust_lock_guard g(l->m);
-    std::uint32_t v = atomic(l->value).load();
+    // Relaxed inside the mutex: its unlock (an exchange) publishes them.
+    std::uint32_t v = atomic(l->value).load(std::memory_order_relaxed);
     if (v == 0) return false;
-    atomic(l->value).store(v - 1);
+    atomic(l->value).store(v - 1, std::memory_order_relaxed);
     record(static_cast<std::uint32_t>(current_pid()), +1);
     return true;
 }
@@ -408,11 +409,14 @@ status shm_semaphore::release() noexcept {
     semaphore_layout* l = layout_;
     {
         robust_lock_guard g(l->m);
-        std::uint32_t v = atomic(l->value).load();
+        std::uint32_t v = atomic(l->value).load(std::memory_order_relaxed);
         if (v >= l->maxvalue) return status::too_many;
-        atomic(l->value).store(v + 1);
+        atomic(l->value).store(v + 1, std::memory_order_relaxed);
         record(static_cast<std::uint32_t>(current_pid()), -1);
     }
+    // After the unlock's exchange (a full barrier on x86; seq_cst here), so a
+    // waiter that counted itself before checking the value is seen.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (atomic(l->waiters).load() != 0) futex_wake(&l->value, 1);
     return status::ok;
 }
