@@ -113,6 +113,23 @@ def test_condition_waiter_killed_after_notify_passes_it_on(kctx):
     assert b.exitcode == 0
 
 
+def test_condition_waiter_killed_while_waiting_does_not_swallow_notify(kctx):
+    cond, ready, q = kctx.Condition(kctx.Lock()), kctx.Semaphore(0), kctx.Queue()
+    procs = {}
+    for tag in ("a", "b"):  # a waits first, so it is the oldest
+        procs[tag] = kctx.Process(target=_cond_wait_report, args=(cond, ready, q, tag))
+        procs[tag].start()
+        assert ready.acquire(timeout=30)
+        with cond:  # it is inside wait() now
+            pass
+    _kill(procs["a"])
+    with cond:
+        cond.notify(1)  # would go to the dead a
+    assert q.get(timeout=30) == ("b", True)
+    procs["b"].join(30)
+    assert procs["b"].exitcode == 0
+
+
 def _barrier_wait_report(barrier, q):
     try:
         barrier.wait()
