@@ -10,6 +10,7 @@ void register_errors(py::module_& m);
 void register_queue(py::module_& m);
 void register_sharedctypes(py::module_& m);
 void register_connection(py::module_& m);
+void register_sync(py::module_& m);
 }  // namespace fastmp::py_bind
 
 PYBIND11_MODULE(_fastmp, m) {
@@ -19,4 +20,5 @@ PYBIND11_MODULE(_fastmp, m) {
     fastmp::py_bind::register_queue(m);
     fastmp::py_bind::register_sharedctypes(m);
     fastmp::py_bind::register_connection(m);
+    fastmp::py_bind::register_sync(m);
 }

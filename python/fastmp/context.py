@@ -58,6 +58,48 @@ class _FastmpFactories:
 
         return SimpleQueue(ctx=self.get_context())
 
+    def Lock(self):
+        """Returns a non-recursive lock object (robust: see fastmp.synchronize)."""
+        from .synchronize import Lock
+
+        return Lock(ctx=self.get_context())
+
+    def RLock(self):
+        """Returns a recursive lock object."""
+        from .synchronize import RLock
+
+        return RLock(ctx=self.get_context())
+
+    def Condition(self, lock=None):
+        """Returns a condition object."""
+        from .synchronize import Condition
+
+        return Condition(lock, ctx=self.get_context())
+
+    def Semaphore(self, value=1):
+        """Returns a semaphore object."""
+        from .synchronize import Semaphore
+
+        return Semaphore(value, ctx=self.get_context())
+
+    def BoundedSemaphore(self, value=1):
+        """Returns a bounded semaphore object."""
+        from .synchronize import BoundedSemaphore
+
+        return BoundedSemaphore(value, ctx=self.get_context())
+
+    def Event(self):
+        """Returns an event object."""
+        from .synchronize import Event
+
+        return Event(ctx=self.get_context())
+
+    def Barrier(self, parties, action=None, timeout=None):
+        """Returns a barrier object."""
+        from .synchronize import Barrier
+
+        return Barrier(parties, action, timeout, ctx=self.get_context())
+
     def RawValue(self, typecode_or_type, *args):
         """Returns a shared object (fastmp: anonymous shared memory)."""
         from .sharedctypes import RawValue

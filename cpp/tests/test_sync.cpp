@@ -1,0 +1,317 @@
+// Unit tests of the synchronisation core (no Python): arena, Lock/RLock,
+// Semaphore, Event, Condition table, Barrier state, and recovery from dead holders.
+#include <fastmp/sync.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace fastmp;
+using namespace std::chrono_literals;
+
+namespace {
+
+// The binding's run_blocking loop, without Python.
+bool lock_blocking(shm_lock& l, clock::duration timeout = 10s) {
+    deadline dl(timeout);
+    bool waited = false;
+    for (;;) {
+        auto t = l.ticket();
+        if (waited ? l.try_acquire_after_wait() : l.try_acquire()) return true;
+        if (dl.expired()) return false;
+        waited = true;
+        l.wait(t, dl.slice(100ms));
+    }
+}
+
+bool sem_blocking(shm_semaphore& s, clock::duration timeout = 10s) {
+    deadline dl(timeout);
+    for (;;) {
+        auto t = s.ticket();
+        if (s.try_acquire()) return true;
+        if (dl.expired()) return false;
+        s.wait(t, dl.slice(100ms));
+    }
+}
+
+// Runs fn in a forked child that then dies by SIGKILL; returns after it is reaped.
+template <class Fn>
+void in_child_that_dies(Fn fn) {
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        fn();
+        ::kill(::getpid(), SIGKILL);
+        ::_exit(1);
+    }
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    ASSERT_TRUE(WIFSIGNALED(st));
+}
+
+}  // namespace
+
+TEST(SyncArena, AllocatesFreesAndReusesSlots) {
+    auto a = sync_arena::create(64);
+    std::int64_t first = a->allocate(4);
+    ASSERT_GE(first, 0);
+    EXPECT_EQ(a->used_slots(), 4u);
+    std::int64_t second = a->allocate(60);
+    ASSERT_GE(second, 0);
+    EXPECT_EQ(a->allocate(1), -1);  // full
+    a->add_ref(static_cast<std::uint32_t>(first));
+    a->drop_ref(static_cast<std::uint32_t>(first));
+    EXPECT_EQ(a->used_slots(), 64u);
+    a->drop_ref(static_cast<std::uint32_t>(first));
+    EXPECT_EQ(a->used_slots(), 60u);
+    EXPECT_EQ(a->allocate(4), first);
+}
+
+TEST(SyncArena, ManyObjectsShareOneArena) {
+    std::vector<shm_lock> locks;
+    for (int i = 0; i < 3000; ++i) locks.push_back(shm_lock::create(false));
+    std::uint64_t id = locks.front().ref().arena()->id();
+    int same = 0;
+    for (auto& l : locks) same += l.ref().arena()->id() == id;
+    EXPECT_GE(same, 2000);
+}
+
+TEST(SyncArena, AttachFindsTheSameObject) {
+    auto l = shm_lock::create(false);
+    ASSERT_TRUE(l.try_acquire());
+    int fd = ::dup(l.ref().arena()->fd());
+    auto again = shm_lock::attach(sync_attach(fd, l.ref().arena()->id(), l.ref().index()));
+    EXPECT_TRUE(again.locked());
+    EXPECT_EQ(again.release(), status::ok);
+    EXPECT_FALSE(l.locked());
+    EXPECT_THROW(sync_attach(-1, 12345, 0), sys_error);
+}
+
+TEST(SyncLock, MutualExclusionAcrossThreads) {
+    auto l = shm_lock::create(false);
+    long counter = 0;
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+        ts.emplace_back([&] {
+            for (int i = 0; i < 20000; ++i) {
+                ASSERT_TRUE(lock_blocking(l));
+                ++counter;
+                ASSERT_EQ(l.release(), status::ok);
+            }
+        });
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(counter, 80000);
+    EXPECT_FALSE(l.locked());
+}
+
+TEST(SyncLock, EverySleeperIsWoken) {
+    // Three threads sleep on a held lock; each release must hand it on
+    // promptly (a lost waiters bit would leave one asleep for a whole slice).
+    auto l = shm_lock::create(false);
+    ASSERT_TRUE(l.try_acquire());
+    std::atomic<int> done{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t)
+        ts.emplace_back([&] {
+            bool waited = false;
+            for (;;) {
+                auto tk = l.ticket();
+                if (waited ? l.try_acquire_after_wait() : l.try_acquire()) break;
+                waited = true;
+                // An endless slice: only a wake-up gets us out (a lost one
+                // hangs the test until ctest's timeout fails it).
+                l.wait(tk, 100000s);
+            }
+            ++done;
+            EXPECT_EQ(l.release(), status::ok);
+        });
+    std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(l.release(), status::ok);
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(done.load(), 3);
+}
+
+TEST(SyncLock, ReleaseUnlockedIsTooMany) {
+    auto l = shm_lock::create(false);
+    EXPECT_EQ(l.release(), status::too_many);
+    ASSERT_TRUE(l.try_acquire());
+    EXPECT_FALSE(l.try_acquire());
+    EXPECT_TRUE(l.is_mine());
+    std::thread([&] { EXPECT_EQ(l.release(), status::ok); }).join();  // any thread may release a Lock
+    EXPECT_FALSE(l.locked());
+}
+
+TEST(SyncLock, RecursiveOwnership) {
+    auto r = shm_lock::create(true);
+    ASSERT_TRUE(r.try_acquire());
+    ASSERT_TRUE(r.try_acquire());
+    EXPECT_EQ(r.count(), 2u);
+    std::thread([&] {
+        EXPECT_FALSE(r.try_acquire());
+        EXPECT_EQ(r.release(), status::not_owner);
+    }).join();
+    EXPECT_EQ(r.release(), status::ok);
+    EXPECT_TRUE(r.locked());
+    EXPECT_EQ(r.release(), status::ok);
+    EXPECT_FALSE(r.locked());
+    EXPECT_EQ(r.release(), status::not_owner);
+}
+
+TEST(SyncLock, TimesOut) {
+    auto l = shm_lock::create(false);
+    ASSERT_TRUE(l.try_acquire());
+    bool got = true;
+    std::thread([&] { got = lock_blocking(l, 50ms); }).join();
+    EXPECT_FALSE(got);
+}
+
+TEST(SyncLock, DeadHolderIsRecovered) {
+    for (bool recursive : {false, true}) {
+        auto l = shm_lock::create(recursive);
+        in_child_that_dies([&] { l.try_acquire(); });
+        EXPECT_TRUE(l.locked());
+        EXPECT_TRUE(lock_blocking(l, 5s));
+        EXPECT_TRUE(l.is_mine());
+        EXPECT_EQ(l.release(), status::ok);
+    }
+}
+
+TEST(SyncSemaphore, CountsAndBounds) {
+    auto s = shm_semaphore::create(2, 2);
+    EXPECT_TRUE(s.try_acquire());
+    EXPECT_TRUE(s.try_acquire());
+    EXPECT_FALSE(s.try_acquire());
+    EXPECT_EQ(s.held_by_me(), 2u);
+    EXPECT_EQ(s.release(), status::ok);
+    EXPECT_EQ(s.release(), status::ok);
+    EXPECT_EQ(s.release(), status::too_many);
+    EXPECT_EQ(s.value(), 2u);
+}
+
+TEST(SyncSemaphore, ThreadsNeverExceedTheCount) {
+    auto s = shm_semaphore::create(2, 0x7fffffff);
+    std::atomic<int> inside{0}, peak{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+        ts.emplace_back([&] {
+            for (int i = 0; i < 2000; ++i) {
+                ASSERT_TRUE(sem_blocking(s));
+                int now = ++inside;
+                int p = peak.load();
+                while (now > p && !peak.compare_exchange_weak(p, now)) {
+                }
+                --inside;
+                ASSERT_EQ(s.release(), status::ok);
+            }
+        });
+    for (auto& t : ts) t.join();
+    EXPECT_LE(peak.load(), 2);
+    EXPECT_EQ(s.value(), 2u);
+}
+
+TEST(SyncSemaphore, DeadHoldersUnitsReturnUpToTheInitialValue) {
+    auto s = shm_semaphore::create(3, 0x7fffffff);
+    ASSERT_TRUE(s.try_acquire());
+    in_child_that_dies([&] {
+        s.try_acquire();
+        s.try_acquire();
+    });
+    EXPECT_EQ(s.value(), 0u);
+    EXPECT_EQ(s.recover_dead_holders(), 2u);
+    EXPECT_EQ(s.value(), 2u);
+
+    auto signal = shm_semaphore::create(0, 0x7fffffff);
+    ASSERT_EQ(signal.release(), status::ok);       // one item ready
+    in_child_that_dies([&] { signal.try_acquire(); });  // consumed, then died
+    EXPECT_EQ(signal.recover_dead_holders(), 0u);  // not topped up
+    EXPECT_EQ(signal.value(), 0u);
+}
+
+TEST(SyncEvent, SetWakesWaiters) {
+    auto e = shm_event::create();
+    std::atomic<int> woke{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t)
+        ts.emplace_back([&] {
+            deadline dl(10s);
+            while (!e.is_set() && !dl.expired()) e.wait(e.ticket(), dl.slice(100ms));
+            if (e.is_set()) ++woke;
+        });
+    std::this_thread::sleep_for(20ms);
+    e.set();
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(woke.load(), 3);
+    e.clear();
+    EXPECT_FALSE(e.is_set());
+    EXPECT_EQ(e.wait(0, 10ms), wait_result::timed_out);
+}
+
+TEST(SyncCondition, NotifyOldestFirstAndCount) {
+    auto c = shm_condition::create();
+    std::uint32_t since = c.ticket();
+    std::int32_t a = c.enlist(), b = c.enlist(), d = c.enlist();
+    EXPECT_EQ(c.waiting(), 3u);
+    EXPECT_EQ(c.notify(2), 2u);
+    EXPECT_TRUE(c.notified(a, since));
+    EXPECT_TRUE(c.notified(b, since));
+    EXPECT_FALSE(c.notified(d, since));
+    EXPECT_TRUE(c.finish(a, since));
+    EXPECT_TRUE(c.finish(b, since));
+    EXPECT_FALSE(c.finish(d, since));
+    EXPECT_EQ(c.waiting(), 0u);
+    EXPECT_EQ(c.notify(5), 0u);
+}
+
+TEST(SyncCondition, WaitersInThreads) {
+    auto c = shm_condition::create();
+    std::atomic<int> notified{0}, enlisted{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 4; ++t)
+        ts.emplace_back([&] {
+            std::uint32_t since = c.ticket();
+            std::int32_t i = c.enlist();
+            ++enlisted;
+            deadline dl(10s);
+            while (!c.notified(i, since) && !dl.expired()) c.wait(i, c.ticket(), dl.slice(100ms));
+            if (c.finish(i, since)) ++notified;
+        });
+    while (enlisted.load() < 4) std::this_thread::yield();
+    EXPECT_EQ(c.notify(~std::uint64_t{0}), 4u);
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(notified.load(), 4);
+}
+
+TEST(SyncCondition, NotificationOfADeadWaiterIsPassedOn) {
+    auto c = shm_condition::create();
+    std::uint32_t since = c.ticket();
+    in_child_that_dies([&] {
+        c.enlist();
+        c.notify(1);  // the child is notified, then dies before consuming it
+    });
+    std::int32_t mine = c.enlist();
+    EXPECT_FALSE(c.notified(mine, since));
+    c.rescue_orphans();
+    EXPECT_TRUE(c.notified(mine, since));
+    EXPECT_TRUE(c.finish(mine, since));
+}
+
+TEST(SyncBarrierState, ArriveLeaveAndReap) {
+    auto b = shm_barrier_state::create(3);
+    EXPECT_EQ(b.parties(), 3u);
+    b.arrive();
+    EXPECT_EQ(b.count(), 1);
+    in_child_that_dies([&] { b.arrive(); });
+    EXPECT_EQ(b.count(), 2);
+    EXPECT_EQ(b.reap_dead(true), 1u);
+    EXPECT_EQ(b.count(), 1);
+    b.leave();
+    EXPECT_EQ(b.count(), 0);
+    b.set_state(-2);
+    EXPECT_EQ(b.state(), -2);
+}
