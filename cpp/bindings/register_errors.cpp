@@ -23,6 +23,7 @@ namespace fastmp::py_bind {
         case status::not_owner:
         case status::owner_died:
         case status::broken:
+        case status::would_grow:
         case status::timed_out:
         case status::interrupted:
         case status::ok: break;

@@ -100,17 +100,32 @@ private:
         bool block = PyObject_IsTrue(block_obj.ptr());
         deadline dl = block ? parse_timeout(timeout) : deadline();
         std::size_t done_total = 0;
+        // A large ring is grown only after an active consumer had a moment
+        // to free warm space; put_nowait and idle consumers never wait here.
+        bool may_grow = !block;
         bool ok = run_blocking(
             block, dl, [&] { return q_.not_full_ticket(); },
             [&] {
-                std::size_t done = 0;
-                status st = q_.try_push(msgs + done_total, n - done_total, done);
-                done_total += done;
-                return st == status::ok;
+                for (;;) {
+                    std::size_t done = 0;
+                    status st = q_.try_push(msgs + done_total, n - done_total, done, may_grow);
+                    done_total += done;
+                    if (st != status::would_grow) return st == status::ok;
+                    auto ticket = q_.not_full_ticket();
+                    wait_result r;
+                    {
+                        py::gil_scoped_release nogil;
+                        r = q_.wait_not_full(ticket, grow_grace);
+                    }
+                    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                    may_grow = (r == wait_result::timed_out);  // nobody is draining: grow
+                }
             },
             [&](std::uint32_t t, clock::duration slice) { return q_.wait_not_full(t, slice); });
         if (!ok) raise_status(status::full, "put");
     }
+
+    static constexpr auto grow_grace = std::chrono::milliseconds(1);
 
     template <class Sink>
     void pop(std::size_t max, py::handle block_obj, py::handle timeout, Sink&& sink) {

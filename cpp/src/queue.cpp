@@ -17,6 +17,9 @@ constexpr std::uint64_t initial_cap = std::uint64_t{1} << 20;
 // A drained ring larger than this shrinks back to initial_cap and returns its pages.
 constexpr std::uint64_t shrink_above = std::uint64_t{32} << 20;
 constexpr std::uint64_t unbounded = ~std::uint64_t{0};
+// Rings at least this large are grown only when the caller allows it (see
+// try_push's may_grow); smaller ones grow freely.
+constexpr std::uint64_t soft_grow_cap = std::uint64_t{64} << 20;
 // Consumers spin this many rounds before sleeping: a producer on the other
 // core usually delivers within a few microseconds, and a futex sleep + wake
 // costs more than that.
@@ -170,7 +173,7 @@ void shm_queue::grow(queue_state& s, std::uint64_t need) {
     s.cap = new_cap;
 }
 
-bool shm_queue::reserve(queue_state& s, std::uint64_t need) {
+bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow) {
     if (s.used == 0) s.head = s.tail = 0;
     for (;;) {
         bool wrapped = s.used > 0 && s.tail <= s.head;
@@ -189,12 +192,14 @@ bool shm_queue::reserve(queue_state& s, std::uint64_t need) {
         } else if (s.head - s.tail >= need) {
             return true;
         }
+        if (!may_grow && s.cap >= soft_grow_cap && need <= s.cap / 2) return false;
         grow(s, need);
     }
 }
 
-status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t& done) {
+status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t& done, bool may_grow) {
     done = 0;
+    bool soft_stop = false;
     queue_header* h = hdr();
     lock();
     queue_state s = h->state;
@@ -205,7 +210,10 @@ status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t&
             const message_view& m = msgs[done];
             const std::uint64_t size = m.total();
             std::uint64_t need = record_bytes(size);
-            reserve(s, need);
+            if (!reserve(s, need, may_grow)) {
+                soft_stop = true;
+                break;
+            }
             std::byte* at = ring_.data() + s.tail;
             *reinterpret_cast<record_header*>(at) = record_header{size, m.tag, 0};
             std::byte* out = at + sizeof(record_header);
@@ -231,7 +239,8 @@ status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t&
     if (done && s.count == done && atomic(h->doorbell_on).load()) sync_doorbell(s.count);
     unlock();
     if (done) notify(h->not_empty, static_cast<int>(done));
-    return done == n ? status::ok : status::full;
+    if (done == n) return status::ok;
+    return soft_stop ? status::would_grow : status::full;
 }
 
 record_header* shm_queue::front(queue_state& s) {
@@ -260,7 +269,10 @@ void shm_queue::after_pop(queue_state& s, std::size_t taken) {
     commit(s);
     if (s.count == 0 && atomic(h->doorbell_on).load()) sync_doorbell(0);
     if (released_to) punch(fd_.get(), header_bytes() + released_from, released_to - released_from);
-    if (h->maxsize != unbounded) notify(h->not_full, static_cast<int>(taken));
+    // Unbounded queues have producers waiting on not_full only briefly (see
+    // try_push's may_grow): wake them only when there are any.
+    if (h->maxsize != unbounded || atomic(h->not_full.waiters).load(std::memory_order_relaxed) > 0)
+        notify(h->not_full, static_cast<int>(taken));
 }
 
 status shm_queue::task_done() {

@@ -195,3 +195,21 @@ TEST(Queue, GatheredPartsArriveAsOnePayload) {
     ASSERT_TRUE(pop_str(q, s));
     EXPECT_EQ(s, a + b + c);
 }
+
+TEST(Queue, LargeRingGrowsOnlyWhenAllowed) {
+    auto q = shm_queue::create(0);
+    std::string chunk(4u << 20, 'c');
+    // Small rings grow freely, whatever the caller says.
+    while (q.capacity_bytes() < (std::uint64_t{64} << 20)) ASSERT_EQ(q.try_push(message_view{1, chunk.data(), chunk.size()}, false), status::ok);
+    // Fill the large ring, then ask without permission to grow.
+    status st;
+    std::size_t pushed = 0;
+    while ((st = q.try_push(message_view{1, chunk.data(), chunk.size()}, false)) == status::ok) ++pushed;
+    EXPECT_EQ(st, status::would_grow);
+    const auto cap = q.capacity_bytes();
+    EXPECT_EQ(q.try_push(message_view{1, chunk.data(), chunk.size()}, true), status::ok);  // permission: grows
+    EXPECT_GT(q.capacity_bytes(), cap);
+    // A message larger than half the ring always grows it.
+    std::string huge(cap, 'h');
+    EXPECT_EQ(q.try_push(message_view{1, huge.data(), huge.size()}, false), status::ok);
+}

@@ -126,11 +126,14 @@ public:
 
     // Non-blocking put of `n` messages, all or as many as the bound allows:
     // returns ok when all went in, full when the bound stopped it (`done` says
-    // how many went in).
-    status try_push(const message_view* msgs, std::size_t n, std::size_t& done);
-    status try_push(const message_view& m) {
+    // how many went in). With may_grow == false, a ring that is already large
+    // is not grown for a message that would fit once consumers free some
+    // space: the call stops with would_grow instead, so the caller can give
+    // an active consumer a moment (warm pages beat fresh page faults).
+    status try_push(const message_view* msgs, std::size_t n, std::size_t& done, bool may_grow = true);
+    status try_push(const message_view& m, bool may_grow = true) {
         std::size_t done = 0;
-        return try_push(&m, 1, done);
+        return try_push(&m, 1, done, may_grow);
     }
 
     // Non-blocking get of up to `max` messages. For each record, under the
@@ -159,7 +162,7 @@ private:
     void lock();
     void unlock() noexcept { hdr()->mutex.unlock(); }
     void commit(const detail::queue_state& s) noexcept;
-    bool reserve(detail::queue_state& s, std::uint64_t need);  // false = bound reached
+    bool reserve(detail::queue_state& s, std::uint64_t need, bool may_grow);  // false = would grow
     void grow(detail::queue_state& s, std::uint64_t need);
     // Finds the record at s.head (skipping wrap padding); updates s.
     detail::record_header* front(detail::queue_state& s);

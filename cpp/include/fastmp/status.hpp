@@ -22,6 +22,7 @@ enum class status {
     not_owner,   // released by a thread or process that does not hold it
     owner_died,  // acquired, but the previous holder died holding it
     broken,      // a barrier was aborted or one of its parties died
+    would_grow,  // a queue would have to grow its buffer (caller asked it not to yet)
 };
 
 class sys_error : public std::system_error {
