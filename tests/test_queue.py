@@ -386,3 +386,41 @@ def test_out_of_band_mixed_and_noncontiguous():
     assert (strided == a[:, ::3]).all()
     assert (d["x"] == a).all() and (d["rest"][0] == a[:2]).all() and d["rest"][1] == "s"
     assert bytes(pb) == b"raw"
+
+
+class _Unloadable:
+    """Pickles fine, fails to unpickle on the other side."""
+
+    def __reduce__(self):
+        return (_explode, ())
+
+
+def _explode():
+    raise RuntimeError("cannot rebuild")
+
+
+def test_get_many_loses_nothing_when_an_item_fails_to_unpickle():
+    q = fastmp.Queue()
+    q.put_many([1, _Unloadable(), 3, 4])
+    assert q.get_many(10) == [1]  # stops before the bad item
+    with pytest.raises(RuntimeError, match="cannot rebuild"):
+        q.get_many(10)  # the bad item's error, once
+    assert q.get_many(10) == [3, 4]
+    q.put_many([_Unloadable(), 5])
+    with pytest.raises(RuntimeError, match="cannot rebuild"):
+        q.get()  # a single get loses only the bad item, as the stdlib's does
+    assert q.get() == 5
+
+
+def test_bad_block_argument_raises_and_loses_nothing():
+    class NoBool:
+        def __bool__(self):
+            raise ValueError("no truth")
+
+    q = fastmp.Queue()
+    with pytest.raises(ValueError, match="no truth"):
+        q.put(1, NoBool())
+    q.put(2)
+    with pytest.raises(ValueError, match="no truth"):
+        q.get(NoBool())
+    assert q.get() == 2

@@ -155,3 +155,33 @@ def test_parent_killed_leaves_nothing_behind(tmp_path, method):
     # No names were ever created: nothing in /dev/shm, no temp files.
     assert set(os.listdir("/dev/shm")) == shm_before
     assert not list(tmp_path.glob("*")) or [p.name for p in tmp_path.iterdir()] == ["script.py"]
+
+
+OUT_OF_MEMORY = """
+import resource
+import fastmp
+
+q = fastmp.Queue()
+big = b"x" * (100 << 20)
+soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+# Leave room for what is mapped now, not for a 100 MiB ring on top.
+with open("/proc/self/status") as f:
+    vm = next(int(l.split()[1]) for l in f if l.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (50 << 20), hard))
+for call in (q.put, lambda b: q.put_many([b])):
+    try:
+        call(big)
+    except OSError as e:
+        print("OSError", e.errno)
+    except BaseException as e:
+        print("wrong", type(e).__name__, e)
+resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+q.put("usable")
+print(q.get())
+"""
+
+
+def test_out_of_memory_is_an_oserror_and_the_queue_stays_usable(tmp_path):
+    res = run_script(OUT_OF_MEMORY, tmp_path, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[:3] == ["OSError 12", "OSError 12", "usable"], res.stdout

@@ -32,6 +32,12 @@ inline constexpr auto wait_slice = std::chrono::milliseconds(100);
 //   attempt()           -> bool, true when done (GIL held)
 //   wait(ticket, slice) -> wait_result (GIL released)
 // Returns false when the deadline passed (or !block) without success.
+//
+// (Declared here, defined in register_errors.cpp.)
+// Sets OSError(errno, message) for a core failure, as the module's translator does.
+void set_os_error(const sys_error& e);
+// `block` and friends: Python truth, raising when __bool__ raises.
+bool truth(py::handle obj);
 template <class Ticket, class Attempt, class Wait>
 bool run_blocking(bool block, const deadline& dl, Ticket&& ticket, Attempt&& attempt, Wait&& wait) {
     for (;;) {
@@ -84,6 +90,8 @@ PyObject* guarded(F&& body) noexcept {
         e.restore();
     } catch (py::builtin_exception& e) {
         e.set_error();
+    } catch (const sys_error& e) {
+        set_os_error(e);  // translate_exception below only knows pybind11's defaults
     } catch (...) {
         py::detail::translate_exception(std::current_exception());
     }

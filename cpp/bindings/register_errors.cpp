@@ -44,14 +44,25 @@ deadline parse_timeout(py::handle timeout) {
     return deadline::after_seconds(s);
 }
 
+void set_os_error(const sys_error& e) {
+    // OSError(errno, msg) picks the subclass (FileNotFoundError, ...) itself.
+    py::object err = py::reinterpret_steal<py::object>(
+        PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what()));
+    if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+}
+
+bool truth(py::handle obj) {
+    int r = PyObject_IsTrue(obj.ptr());
+    if (r < 0) throw py::error_already_set();
+    return r == 1;
+}
+
 void register_errors(py::module_&) {
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
         } catch (const sys_error& e) {
-            py::object err = py::reinterpret_steal<py::object>(
-                PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what()));
-            if (err) PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err.ptr())), err.ptr());
+            set_os_error(e);
         }
     });
 }

@@ -1,5 +1,6 @@
 // fastmp._fastmp.Queue: the mechanism behind fastmp.queues.Queue,
 // SimpleQueue and JoinableQueue (the Python classes add the policy).
+#include <deque>
 #include <vector>
 
 #include <fastmp/queue.hpp>
@@ -39,6 +40,7 @@ public:
 
     py::object get(py::handle self, py::handle block, py::handle timeout) {
         check_open(self);
+        if (!pending_.empty()) return take_pending();
         std::uint32_t tag = 0;
         py::object raw;
         pop(1, block, timeout, [&](std::uint32_t t, const std::byte* d, std::size_t n) {
@@ -51,12 +53,35 @@ public:
     py::list get_many(py::handle self, std::int64_t max_items, py::handle block, py::handle timeout) {
         check_open(self);
         if (max_items <= 0) throw py::value_error("max_items must be a positive integer");
-        std::vector<std::pair<std::uint32_t, py::object>> raws;
-        pop(static_cast<std::size_t>(max_items), block, timeout,
-            [&](std::uint32_t t, const std::byte* d, std::size_t n) { raws.emplace_back(t, decode_raw(t, d, n)); });
-        py::list out(raws.size());
-        for (std::size_t i = 0; i < raws.size(); ++i)
-            out[i] = finish_decode(raws[i].first, std::move(raws[i].second));
+        if (pending_.empty()) {
+            std::deque<std::pair<std::uint32_t, py::object>> raws;
+            try {
+                pop(static_cast<std::size_t>(max_items), block, timeout,
+                    [&](std::uint32_t t, const std::byte* d, std::size_t n) { raws.emplace_back(t, decode_raw(t, d, n)); });
+            } catch (...) {
+                // Records taken before the failing one left the ring: keep them.
+                stash(std::move(raws));
+                throw;
+            }
+            stash(std::move(raws));
+        }
+        // Unpickling runs user code and may fail. A failing first item raises
+        // here (it is consumed, as with get()); a later one ends the batch
+        // and its error is raised by the next get/get_many, so nothing taken
+        // is ever dropped silently.
+        py::list out;
+        while (!pending_.empty() && static_cast<std::int64_t>(out.size()) < max_items) {
+            if (out.size() == 0) {
+                out.append(take_pending());
+                continue;
+            }
+            try {
+                out.append(take_pending());
+            } catch (py::error_already_set& e) {
+                pending_.emplace_front(error_tag, e.value());
+                break;
+            }
+        }
         return out;
     }
 
@@ -97,7 +122,7 @@ private:
     }
 
     void push_all(const message_view* msgs, std::size_t n, py::handle block_obj, py::handle timeout) {
-        bool block = PyObject_IsTrue(block_obj.ptr());
+        bool block = truth(block_obj);
         deadline dl = block ? parse_timeout(timeout) : deadline();
         std::size_t done_total = 0;
         // A large ring is grown only after an active consumer had a moment
@@ -129,7 +154,7 @@ private:
 
     template <class Sink>
     void pop(std::size_t max, py::handle block_obj, py::handle timeout, Sink&& sink) {
-        bool block = PyObject_IsTrue(block_obj.ptr());
+        bool block = truth(block_obj);
         deadline dl = block ? parse_timeout(timeout) : deadline();
         bool ok = run_blocking(
             block, dl, [&] { return q_.not_empty_ticket(); },
@@ -142,8 +167,25 @@ private:
         if (!ok) raise_status(status::empty, "get");
     }
 
+    void stash(std::deque<std::pair<std::uint32_t, py::object>>&& raws) {
+        for (auto& r : raws) pending_.push_back(std::move(r));
+    }
+    py::object take_pending() {
+        auto [tag, raw] = std::move(pending_.front());
+        pending_.pop_front();
+        if (tag == error_tag) {  // an unpickling error parked by get_many
+            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(raw.ptr())), raw.ptr());
+            throw py::error_already_set();
+        }
+        return finish_decode(tag, std::move(raw));
+    }
+    static constexpr std::uint32_t error_tag = 0xfffffffeu;
+
     enum class closed_kind { open, queue, handle };
     shm_queue q_;
+    // Taken from the ring by this handle but not handed out yet (a get_many
+    // interrupted by an exception); served first by the next get.
+    std::deque<std::pair<std::uint32_t, py::object>> pending_;
     closed_kind closed_ = closed_kind::open;
 };
 

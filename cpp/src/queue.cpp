@@ -123,9 +123,12 @@ void shm_queue::commit(const queue_state& s) noexcept {
     queue_header* h = hdr();
     h->pending = s;
     atomic(h->journal_valid).store(1, std::memory_order_release);
+    // From here on a death is repaired from the journal; publish the hint
+    // now, so that consumers trusting it take the lock (and do that repair)
+    // instead of seeing a stale "empty" forever.
+    atomic(h->count_hint).store(s.count, std::memory_order_release);
     h->state = s;
     atomic(h->journal_valid).store(0, std::memory_order_release);
-    atomic(h->count_hint).store(s.count, std::memory_order_release);
 }
 
 std::byte* shm_queue::ring() {
@@ -169,6 +172,12 @@ void shm_queue::grow(queue_state& s, std::uint64_t need) {
         std::uint64_t delta = new_cap - old_cap;
         std::memcpy(ring_.data() + s.head + delta, ring_.data() + s.head, old_cap - s.head);
         s.head += delta;
+        s.cap = new_cap;
+        // The record about to be written will overwrite [old head, old cap),
+        // which the committed (old) state still points at: commit the moved
+        // layout first, so a producer killed mid-copy leaves a readable queue.
+        commit(s);
+        return;
     }
     s.cap = new_cap;
 }

@@ -213,3 +213,44 @@ TEST(Queue, LargeRingGrowsOnlyWhenAllowed) {
     std::string huge(cap, 'h');
     EXPECT_EQ(q.try_push(message_view{1, huge.data(), huge.size()}, false), status::ok);
 }
+
+#include <sys/mman.h>
+
+TEST(Queue, ProducerKilledMidCopyAfterGrowingAWrappedRingLosesNothing) {
+    auto q = shm_queue::create(0);
+    // Wrap the 1 MiB ring: 6 x 150 KB in, 3 out, 3 in.
+    std::string rec(150000, 'r');
+    for (int i = 0; i < 6; ++i) {
+        rec[0] = static_cast<char>('a' + i);
+        ASSERT_EQ(q.try_push(message_view{1, rec.data(), rec.size()}), status::ok);
+    }
+    std::string s;
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(pop_str(q, s));
+    for (int i = 6; i < 9; ++i) {
+        rec[0] = static_cast<char>('a' + i);
+        ASSERT_EQ(q.try_push(message_view{1, rec.data(), rec.size()}), status::ok);
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        // A 2 MiB source whose file ends at 600 KB: the copy into the (grown)
+        // ring dies of SIGBUS halfway, with the queue lock held.
+        int fd = memfd_create("src", 0);
+        if (ftruncate(fd, 600000) != 0) _exit(2);
+        void* src = mmap(nullptr, 2u << 20, PROT_READ, MAP_SHARED, fd, 0);
+        auto qc = shm_queue::attach(dup(q.fd()));
+        qc.try_push(message_view{1, src, 2u << 20});
+        _exit(3);  // not reached
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    ASSERT_TRUE(WIFSIGNALED(st)) << "child was expected to die mid-copy";
+    for (int i = 3; i < 9; ++i) {
+        ASSERT_TRUE(pop_str(q, s)) << i;
+        ASSERT_EQ(s.size(), rec.size());
+        EXPECT_EQ(s[0], static_cast<char>('a' + i));
+    }
+    EXPECT_FALSE(pop_str(q, s));
+    ASSERT_EQ(push_str(q, "after"), status::ok);
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_EQ(s, "after");
+}
