@@ -170,8 +170,11 @@ void channel_end::unring() noexcept {
     channel_direction& d = rx_dir();
     robust_lock_guard g(d.bell_lock);
     if (rx_->size_approx() != 0) return;
-    drain_socket();
+    // Clear the flag before draining: a reader killed in between leaves a
+    // stray byte (harmless, drained later), never a flag with no byte, which
+    // would keep writers from ringing again.
     atomic(d.bell).store(0, std::memory_order_release);
+    drain_socket();
 }
 
 void channel_end::after_recv() noexcept {

@@ -131,19 +131,16 @@ void sync_arena::add_ref(std::uint32_t index) noexcept { atomic(ref_table()[inde
 
 void sync_arena::drop_ref(std::uint32_t index) noexcept {
     std::uint32_t* refs = ref_table();
+    // Always under the allocator lock (objects die rarely): two holders
+    // dropping at once must not both skip the cleanup of the continuation
+    // slots, which would leave them marked forever.
+    robust_lock_guard g(header()->alloc_lock);
     if (atomic(refs[index]).load() == 0) return;
-    // Continuation slots are freed first so that, when the head reads 0, the
-    // whole run is free for the allocator.
-    if (atomic(refs[index]).load() == 1) {
-        robust_lock_guard g(header()->alloc_lock);
-        if (atomic(refs[index]).fetch_sub(1) == 1) {
-            std::uint32_t k = index + 1;
-            while (k < header()->nslots && atomic(refs[k]).load() == continuation_mark) atomic(refs[k++]).store(0);
-            if (index < header()->hint) header()->hint = index;
-        }
-        return;
+    if (atomic(refs[index]).fetch_sub(1) == 1) {
+        std::uint32_t k = index + 1;
+        while (k < header()->nslots && atomic(refs[k]).load() == continuation_mark) atomic(refs[k++]).store(0);
+        if (index < header()->hint) header()->hint = index;
     }
-    atomic(refs[index]).fetch_sub(1);
 }
 
 std::uint32_t sync_arena::refs(std::uint32_t index) const noexcept { return atomic(ref_table()[index]).load(); }

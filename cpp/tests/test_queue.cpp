@@ -243,7 +243,9 @@ TEST(Queue, ProducerKilledMidCopyAfterGrowingAWrappedRingLosesNothing) {
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    ASSERT_TRUE(WIFSIGNALED(st)) << "child was expected to die mid-copy";
+    // Killed by SIGBUS (or, under AddressSanitizer, exited from its SIGBUS
+    // handler): either way it did not get past the copy.
+    ASSERT_FALSE(WIFEXITED(st) && (WEXITSTATUS(st) == 3 || WEXITSTATUS(st) == 2)) << "child finished its put";
     for (int i = 3; i < 9; ++i) {
         ASSERT_TRUE(pop_str(q, s)) << i;
         ASSERT_EQ(s.size(), rec.size());

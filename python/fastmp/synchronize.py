@@ -90,8 +90,12 @@ class _SentAlready:
         return -1
 
 
-def _arena_fd_for_child(fd):
+def _arena_fd_for_child(fd, obj):
     popen = _std_context.get_spawning_popen()
+    # The pickle holds no reference: keep the object (and so its slot) alive
+    # as long as the child's Popen, or the slot could be freed and reused by
+    # another object before the child attaches to it.
+    popen.__dict__.setdefault("_fastmp_keepalive", []).append(obj)
     sent = popen.__dict__.setdefault("_fastmp_sync_fds", set())
     if fd in sent:
         return _SentAlready()
@@ -112,7 +116,7 @@ def _semlock_reduce(self):
     fd, arena_id, index = self._handle()
     return (
         _rebuild_semlock,
-        (type(self), self.kind, self.maxvalue, _arena_fd_for_child(fd), arena_id, index),
+        (type(self), self.kind, self.maxvalue, _arena_fd_for_child(fd, self), arena_id, index),
     )
 
 
@@ -202,7 +206,7 @@ def _rebuild_event(cls, fd_holder, arena_id, index):
 def _event_reduce(self):
     _std_context.assert_spawning(self)
     fd, arena_id, index = self._handle()
-    return (_rebuild_event, (type(self), _arena_fd_for_child(fd), arena_id, index))
+    return (_rebuild_event, (type(self), _arena_fd_for_child(fd, self), arena_id, index))
 
 
 def _event_repr(self):
@@ -225,7 +229,7 @@ class _CondVar(_fastmp.CondVar):
     def __reduce__(self):
         _std_context.assert_spawning(self)
         fd, arena_id, index = self._handle()
-        return (_rebuild_condvar, (_arena_fd_for_child(fd), arena_id, index))
+        return (_rebuild_condvar, (_arena_fd_for_child(fd, self), arena_id, index))
 
 
 class Condition:
@@ -319,7 +323,10 @@ class _BarrierState(_fastmp.BarrierState):
     def __reduce__(self):
         _std_context.assert_spawning(self)
         fd, arena_id, index = self._handle()
-        return (_rebuild_barrier_state, (self.parties, _arena_fd_for_child(fd), arena_id, index))
+        return (
+            _rebuild_barrier_state,
+            (self.parties, _arena_fd_for_child(fd, self), arena_id, index),
+        )
 
 
 _POLL = 0.1  # how often a waiting party checks for dead parties
