@@ -504,3 +504,23 @@ def test_lock_works_in_stdlib_synchronized_wrappers(fctx):
         p.join(60)
         assert p.exitcode == 0
     assert v.value == 1000
+
+
+def _release_semlock(s, out):
+    s.release()
+    out.put("released")
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_raw_semlock_semaphore_of_maxvalue_one_reaches_a_child(method):
+    import fastmp.synchronize as fs
+
+    ctx = fastmp.get_context(method)
+    s = fs.SemLock(fs.SEMAPHORE, 0, 1, ctx=ctx)  # a semaphore, not a lock, despite maxvalue 1
+    out = ctx.Queue()
+    p = ctx.Process(target=_release_semlock, args=(s, out))
+    p.start()
+    assert out.get(timeout=60) == "released"
+    p.join(30)
+    assert p.exitcode == 0
+    assert s.acquire(timeout=5)

@@ -240,7 +240,10 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
     try {
         if (arena_id != 0) {  // attach (fd is -1 when the arena came with an earlier object)
             sync_ref ref = sync_attach(fd, arena_id, index);
-            if (single)
+            // What the creator made (a lock or a semaphore) is in the shared
+            // header; the pickled value cannot tell (SemLock(SEMAPHORE, 0, 1)).
+            auto made = static_cast<sync_kind>(reinterpret_cast<const sync_object_header*>(ref.data())->kind);
+            if (made == sync_kind::lock || made == sync_kind::rlock)
                 s->lock = new shm_lock(shm_lock::attach(std::move(ref)));
             else
                 s->sem = new shm_semaphore(shm_semaphore::attach(std::move(ref)));
