@@ -11,6 +11,7 @@ void register_queue(py::module_& m);
 void register_sharedctypes(py::module_& m);
 void register_connection(py::module_& m);
 void register_sync(py::module_& m);
+void register_manager(py::module_& m);
 }  // namespace fastmp::py_bind
 
 PYBIND11_MODULE(_fastmp, m) {
@@ -21,4 +22,5 @@ PYBIND11_MODULE(_fastmp, m) {
     fastmp::py_bind::register_sharedctypes(m);
     fastmp::py_bind::register_connection(m);
     fastmp::py_bind::register_sync(m);
+    fastmp::py_bind::register_manager(m);
 }
