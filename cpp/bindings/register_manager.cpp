@@ -165,7 +165,7 @@ struct list_container : container {
 class locked {
 public:
     explicit locked(container& c) : h_(c.h) {
-        if (h_.closed()) throw sys_error(EPIPE, "Broken pipe (the manager has shut down)");
+        if (h_.closed()) throw sys_error(EPIPE, "the manager has shut down");
         if (h_.held_by_me())
             throw py::value_error("a manager container was used from inside its own operation (would deadlock)");
         if (!h_.try_lock()) {

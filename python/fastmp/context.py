@@ -136,12 +136,13 @@ class _FastmpFactories:
 
         return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
 
-    # Until fastmp has its own Manager, it runs on the stdlib's context of the
-    # same start method: it reaches into the stdlib queues' pipe internals.
+    # The manager's server process is started with the stdlib's context of the
+    # same start method (it serves the stdlib's types too); its shared objects
+    # are fastmp's (fastmp.managers).
 
     def Manager(self):
-        """Returns a manager associated with a running server process."""
-        from multiprocessing.managers import SyncManager
+        """Returns a started fastmp.managers.SyncManager."""
+        from .managers import SyncManager
 
         m = SyncManager(ctx=_stdlib_twin(self))
         m.start()
