@@ -126,15 +126,9 @@ class _Held:
     def _fastmp_export(self):
         return (self.blob, len(self.fds), self.extra)
 
-    def _fastmp_pin(self):
-        # The proxy was pickled at run time (it may now sit inside another
-        # container): keep the object until the manager shuts down, as the
-        # stdlib keeps objects that proxies inside its containers refer to.
-        _pinned.append(self)
 
 
 _held_containers: weakref.WeakSet = weakref.WeakSet()
-_pinned: list = []
 _server_state = []  # [ShmList] in the server: its `closed` flag is the manager's
 
 
@@ -157,7 +151,7 @@ def _close_natives():
 class Server(_std.Server):
     """The stdlib's server, which also hands native objects' fds to proxies."""
 
-    public = [*_std.Server.public, "fastmp_fds"]
+    public = [*_std.Server.public, "fastmp_fds", "fastmp_pin"]
     _watch_pid = None  # set in a manager's server process: exit when it dies
 
     def fastmp_fds(self, c, ident):
@@ -170,6 +164,18 @@ class Server(_std.Server):
         for fd in held.fds:
             _std_reduction.send_handle(c, fd, None)
         return len(held.fds)
+
+    def fastmp_pin(self, c, ident):
+        """A proxy of `ident` was pickled at run time (it may now sit inside a
+        shared container, where no reference is counted): keep the object
+        until the manager shuts down, as the stdlib keeps objects that proxies
+        inside its containers refer to."""
+        with self.mutex:
+            pinned = self.__dict__.setdefault("_fastmp_pinned", set())
+            if ident in pinned:
+                return
+            pinned.add(ident)
+        self.incref(c, ident)
 
     def shutdown(self, c):
         _close_natives()
@@ -214,11 +220,21 @@ class BaseManager(_std.BaseManager):
 
 # --- the client side -----------------------------------------------------
 
-_attached: dict = {}  # (address, id) -> native object, per process
+class _Attached:
+    """A native object attached in this process, shared by its proxies here
+    (it goes, with its fds and mappings, when the last of them does)."""
+
+    __slots__ = ("obj", "__weakref__")
+
+    def __init__(self, obj):
+        self.obj = obj
+
+
+_attached: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # (address, id) -> _Attached
 _attached_lock = threading.Lock()
 
 
-def _reset_attached(_obj=None):
+def _reset_attached():
     global _attached_lock
     _attached_lock = threading.Lock()
 
@@ -242,11 +258,11 @@ def _fetch(token, authkey, count) -> list[int]:
     return fds
 
 
-def _attach(token, authkey, export):
+def _attach(token, authkey, export) -> _Attached:
     key = (token.address, token.id)
-    obj = _attached.get(key)
-    if obj is not None:
-        return obj
+    held = _attached.get(key)
+    if held is not None:
+        return held
     blob, count, _extra = export
     fds = _fetch(token, authkey, count)
     _receiving.fds = fds
@@ -259,7 +275,7 @@ def _attach(token, authkey, export):
     finally:
         _receiving.fds = []
     with _attached_lock:
-        return _attached.setdefault(key, obj)
+        return _attached.setdefault(key, _Attached(obj))
 
 
 def _closed_error():
@@ -270,7 +286,7 @@ class _NativeProxy(BaseProxy):
     """A BaseProxy whose referent lives in shared memory: the stdlib's
     reference counting and pickling, fastmp's operations."""
 
-    _exposed_ = ("_fastmp_export", "_fastmp_pin")
+    _exposed_ = ("_fastmp_export",)
 
     def __init__(
         self,
@@ -293,7 +309,9 @@ class _NativeProxy(BaseProxy):
     def _native(self):
         obj = self._fastmp_obj
         if obj is None:
-            obj = _attach(self._token, self._authkey, self._fastmp_exp)
+            held = _attach(self._token, self._authkey, self._fastmp_exp)
+            obj = held.obj
+            object.__setattr__(self, "_fastmp_ref", held)
             object.__setattr__(self, "_fastmp_obj", obj)
         return obj
 
@@ -301,7 +319,11 @@ class _NativeProxy(BaseProxy):
         func, (rebuild, token, serializer, kwds) = super().__reduce__()
         kwds["_fastmp_export"] = self._fastmp_exp
         if _std_context.get_spawning_popen() is None and not self._fastmp_pinned:
-            self._callmethod("_fastmp_pin")
+            conn = self._Client(self._token.address, authkey=self._authkey)
+            try:
+                dispatch(conn, None, "fastmp_pin", (self._token.id,))
+            finally:
+                conn.close()
             object.__setattr__(self, "_fastmp_pinned", True)
         return func, (rebuild, token, serializer, kwds)
 
@@ -607,9 +629,9 @@ class _SyncProxy(_NativeProxy):
     def _native(self):
         obj = self._fastmp_obj
         if obj is None:
-            obj = _attach(self._token, self._authkey, self._fastmp_exp)
-            object.__setattr__(self, "_fastmp_obj", obj)
-        if _manager_closed(self):
+            obj = _NativeProxy._native(self)
+            object.__setattr__(self, "_fastmp_state", _manager_state(self))
+        if self._fastmp_state.obj.closed:
             raise _closed_error()
         return obj
 
@@ -620,20 +642,10 @@ class _SyncProxy(_NativeProxy):
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def _manager_closed(proxy) -> bool:
-    state = _states.get(proxy._token.address)
-    if state is None:
-        state_token = Token("_state", proxy._token.address, "state")
-        blob, count = proxy._fastmp_exp[2]
-        try:
-            state = _attach(state_token, proxy._authkey, (blob, count, None))
-        except (OSError, EOFError):
-            return True
-        _states[proxy._token.address] = state
-    return state.closed
-
-
-_states: dict = {}
+def _manager_state(proxy) -> _Attached:
+    """The manager's state object (its closed flag), attached here."""
+    blob, count = proxy._fastmp_exp[2]
+    return _attach(Token("_state", proxy._token.address, "state"), proxy._authkey, (blob, count, None))
 
 
 class AcquirerProxy(_SyncProxy):
