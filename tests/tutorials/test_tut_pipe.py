@@ -368,6 +368,7 @@ def main():
     finally:
         comm.close()
     print("PIPE", type(comm.pipes["data_pipe"][0]).__module__)
+    print("MANAGER DICT", type(comm.shared_data).__module__)
 
 if __name__ == '__main__':
     main()
@@ -382,3 +383,4 @@ def test_000_2_process_communicator(tmp_path):
     # The consumer may look before the producer's first set (a race in the example).
     assert len(shared) == 5 and set(shared) <= {"None", "0"} and shared[-1] == "0"
     assert "PIPE fastmp.connection" in out
+    assert "MANAGER DICT fastmp.managers" in out  # the shared-memory dict
