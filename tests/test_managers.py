@@ -10,15 +10,13 @@ import array
 import gc
 import importlib
 import multiprocessing.managers
-import pickle
 import queue
 
 import pytest
 
 import fastmp
-from fastmp import managers as fmanagers
-
 from conftest import PARITY
+from fastmp import managers as fmanagers
 
 # --- process targets (module level, for spawn) ---
 
@@ -294,7 +292,7 @@ def test_namespace(manager):
     assert repr(ns).startswith("<NamespaceProxy object, typeid 'Namespace' at 0x")
     del ns.a
     with pytest.raises(AttributeError):
-        ns.a
+        ns.a  # noqa: B018
     with pytest.raises(AttributeError):
         del ns.a
 

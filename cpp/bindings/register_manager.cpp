@@ -7,15 +7,14 @@
 // so user code (__reduce__, __setstate__) never runs while we hold it; the
 // only user code run under the lock is __eq__ of opaque keys and, in
 // `_rewrite`, the caller's own function.
-#include "common.hpp"
-#include "pickling.hpp"
-
 #include <cmath>
+#include <fastmp/containers.hpp>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <fastmp/containers.hpp>
+#include "common.hpp"
+#include "pickling.hpp"
 
 namespace fastmp::py_bind {
 
@@ -163,7 +162,7 @@ struct list_container : container {
 // Takes the lock (waiting without the GIL) and refuses a closed container
 // with the error a stdlib proxy raises once its manager is gone.
 class locked {
-public:
+  public:
     explicit locked(container& c) : h_(c.h) {
         if (h_.closed()) throw sys_error(EPIPE, "the manager has shut down");
         if (h_.held_by_me())
@@ -188,7 +187,7 @@ public:
         h_.commit();
     }
 
-private:
+  private:
     shm_heap& h_;
     bool txn_ = false;
 };
@@ -346,8 +345,7 @@ py::list dict_snapshot(container& c, int what) {
         for (std::uint64_t i = 0; i < d.used(); ++i) {
             std::uint64_t b = d.entry(i);
             if (!b) continue;
-            raw.emplace_back(what != 1 ? read_key(c.h, b) : raw_value{},
-                             what != 0 ? read_value(c.h, b) : raw_value{});
+            raw.emplace_back(what != 1 ? read_key(c.h, b) : raw_value{}, what != 0 ? read_value(c.h, b) : raw_value{});
         }
     }
     py::list out(raw.size());

@@ -1,6 +1,5 @@
-#include <fastmp/containers.hpp>
-
 #include <algorithm>
+#include <fastmp/containers.hpp>
 #include <unordered_set>
 
 namespace fastmp {
@@ -113,8 +112,13 @@ std::uint64_t make_blob(shm_heap& h, const key_view* key, const message_view& va
     const std::uint64_t total = sizeof(blob_head) + clen + klen + vlen;
     std::uint64_t off = h.alloc(total);
     auto* bh = reinterpret_cast<blob_head*>(h.ptr(off));
-    *bh = blob_head{total, key ? key->hash : 0, static_cast<std::uint32_t>(clen), key ? key->key.tag : 0,
-                    static_cast<std::uint32_t>(klen), value.tag, vlen};
+    *bh = blob_head{total,
+                    key ? key->hash : 0,
+                    static_cast<std::uint32_t>(clen),
+                    key ? key->key.tag : 0,
+                    static_cast<std::uint32_t>(klen),
+                    value.tag,
+                    vlen};
     std::byte* p = reinterpret_cast<std::byte*>(bh + 1);
     if (key) {
         std::memcpy(p, key->canon, clen);

@@ -1,23 +1,20 @@
-#include <fastmp/shm_heap.hpp>
-
-#include <algorithm>
-#include <atomic>
-#include <csignal>
-#include <cstring>
-#include <new>
-#include <optional>
-
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <boost/interprocess/indexes/iset_index.hpp>
 #include <boost/interprocess/managed_external_buffer.hpp>
 #include <boost/interprocess/mem_algo/rbtree_best_fit.hpp>
 #include <boost/interprocess/sync/mutex_family.hpp>
-
+#include <csignal>
+#include <cstring>
 #include <fastmp/futex.hpp>
 #include <fastmp/process.hpp>
+#include <fastmp/shm_heap.hpp>
 #include <fastmp/status.hpp>
+#include <new>
+#include <optional>
 
 namespace fastmp {
 
@@ -50,10 +47,10 @@ inline void store32(std::uint32_t& w, std::uint32_t v) noexcept {
 }  // namespace
 
 struct shm_heap::impl {
-    std::optional<heap_t> live;   // handle on the live region
+    std::optional<heap_t> live;    // handle on the live region
     std::byte* live_at = nullptr;  // where it was opened
-    std::optional<heap_t> build;  // the region a relocation builds
-    shm_view* bv = nullptr;       // the view allocations go to (live or being built)
+    std::optional<heap_t> build;   // the region a relocation builds
+    shm_view* bv = nullptr;        // the view allocations go to (live or being built)
     heap_t& target() { return build ? *build : *live; }
 };
 

@@ -1,13 +1,11 @@
 #include <gtest/gtest.h>
-
-#include <csignal>
-#include <cstring>
-#include <string>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstring>
 #include <fastmp/containers.hpp>
+#include <string>
 
 using namespace fastmp;
 

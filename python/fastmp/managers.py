@@ -1,3 +1,6 @@
+# mypy: disable-error-code="attr-defined,arg-type,method-assign"
+# (the stdlib module's private helpers have no stubs; the native containers
+# get their pickling policy here)
 """fastmp.managers: :mod:`multiprocessing.managers`, with shared state in shared memory.
 
 What fastmp does differently (see the README's "Differences"):
@@ -127,9 +130,8 @@ class _Held:
         return (self.blob, len(self.fds), self.extra)
 
 
-
 _held_containers: weakref.WeakSet = weakref.WeakSet()
-_server_state = []  # [ShmList] in the server: its `closed` flag is the manager's
+_server_state: list = []  # [ShmList] in the server: its `closed` flag is the manager's
 
 
 def _state_container():
@@ -183,7 +185,9 @@ class Server(_std.Server):
 
     def serve_forever(self):
         if Server._watch_pid is not None:
-            threading.Thread(target=self._watch_parent, args=(Server._watch_pid,), daemon=True).start()
+            threading.Thread(
+                target=self._watch_parent, args=(Server._watch_pid,), daemon=True
+            ).start()
         try:
             super().serve_forever()
         finally:
@@ -210,15 +214,20 @@ class BaseManager(_std.BaseManager):
     _Server = Server
 
     @classmethod
-    def _run_server(cls, registry, address, authkey, serializer, writer, initializer=None, initargs=()):
+    def _run_server(
+        cls, registry, address, authkey, serializer, writer, initializer=None, initargs=()
+    ):
         Server._watch_pid = os.getppid()
-        return super()._run_server(registry, address, authkey, serializer, writer, initializer, initargs)
+        return super()._run_server(
+            registry, address, authkey, serializer, writer, initializer, initargs
+        )
 
     def get_server(self):
         return super().get_server()
 
 
 # --- the client side -----------------------------------------------------
+
 
 class _Attached:
     """A native object attached in this process, shared by its proxies here
@@ -506,7 +515,11 @@ class ListProxy(_NativeProxy):
     def sort(self, *, key=None, reverse=False):
         def op(items, load, store):
             values = [load(b) for b in items]
-            order = sorted(range(len(items)), key=lambda i: values[i] if key is None else key(values[i]), reverse=reverse)
+            order = sorted(
+                range(len(items)),
+                key=lambda i: values[i] if key is None else key(values[i]),
+                reverse=reverse,
+            )
             return [items[i] for i in order], None
 
         self._native()._rewrite(op)
@@ -559,7 +572,7 @@ class NamespaceProxy(_NativeProxy):
             raise AttributeError(key) from None
 
     def _getvalue(self):
-        return Namespace(**dict(self._native().items()))
+        return _std.Namespace(**dict(self._native().items()))
 
     def __str__(self):
         items = [f"{k}={v!r}" for k, v in self._native().items() if not k.startswith("_")]
@@ -579,12 +592,12 @@ class ValueProxy(_NativeProxy):
     value = property(get, set)
 
     def _getvalue(self):
-        return Value(self._fastmp_exp[2], self.get())
+        return _std.Value(self._fastmp_exp[2], self.get())
 
     def __str__(self):
         return f"Value({self._fastmp_exp[2]!r}, {self.get()!r})"
 
-    __class_getitem__ = classmethod(type(list[int]))
+    __class_getitem__: classmethod = classmethod(type(list[int]))
 
 
 class ArrayProxy(_NativeProxy):
@@ -645,7 +658,9 @@ class _SyncProxy(_NativeProxy):
 def _manager_state(proxy) -> _Attached:
     """The manager's state object (its closed flag), attached here."""
     blob, count = proxy._fastmp_exp[2]
-    return _attach(Token("_state", proxy._token.address, "state"), proxy._authkey, (blob, count, None))
+    return _attach(
+        Token("_state", proxy._token.address, "state"), proxy._authkey, (blob, count, None)
+    )
 
 
 class AcquirerProxy(_SyncProxy):

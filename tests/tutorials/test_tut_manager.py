@@ -156,11 +156,15 @@ if __name__ == "__main__":
 @METHODS
 def test_004_4_4_manager(tmp_path, method):
     out = _run(TUT_004_4_4, tmp_path, method)
-    assert ast.literal_eval(re.search(r"Final dict: (\{.*\})", out).group(1)) == {f"key{i}": 10 for i in range(3)}
+    assert ast.literal_eval(re.search(r"Final dict: (\{.*\})", out).group(1)) == {
+        f"key{i}": 10 for i in range(3)
+    }
     items = ast.literal_eval(re.search(r"Final list: (\[.*\])", out).group(1))
     assert sorted(items) == sorted(f"worker{w}-{i}" for w in range(2) for i in range(5))
     for w in range(2):  # each worker's own items in order
-        assert [x for x in items if x.startswith(f"worker{w}")] == [f"worker{w}-{i}" for i in range(5)]
+        assert [x for x in items if x.startswith(f"worker{w}")] == [
+            f"worker{w}-{i}" for i in range(5)
+        ]
     assert "PROXY fastmp.managers" in out
 
 

@@ -28,11 +28,10 @@
 
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <vector>
-
 #include <fastmp/queue.hpp>  // message_view: a payload given as tag + parts
 #include <fastmp/shm_heap.hpp>
+#include <memory>
+#include <vector>
 
 namespace fastmp {
 
@@ -58,7 +57,7 @@ struct key_view {
     std::uint64_t hash;
     const void* canon;
     std::uint32_t canon_len;
-    bool opaque;      // equal canonical bytes do not mean equal keys: ask `eq`
+    bool opaque;       // equal canonical bytes do not mean equal keys: ask `eq`
     message_view key;  // the key as given, to rebuild it
 };
 
@@ -75,7 +74,7 @@ inline blob_ref blob_at(const shm_heap& h, std::uint64_t off) {
 }
 
 class shm_dict {
-public:
+  public:
     enum { r_count, r_entries, r_used, r_cap, r_index, r_index_cap, r_fill };
     static constexpr std::uint64_t empty_slot = 0, dummy_slot = ~std::uint64_t{0};
 
@@ -111,13 +110,13 @@ public:
     // Erases entry i (found by its own hash).
     void erase_entry(std::uint64_t i);
 
-private:
+  private:
     void rebuild_tables(std::uint64_t entries_cap);
     shm_heap& h_;
 };
 
 class shm_list {
-public:
+  public:
     enum { r_count, r_items, r_cap };
     explicit shm_list(shm_heap& h) : h_(h) {}
 
@@ -129,7 +128,7 @@ public:
     // ones); blobs no longer referenced are freed at commit.
     void set_items(const std::vector<std::uint64_t>& blobs);
 
-private:
+  private:
     shm_heap& h_;
 };
 

@@ -40,12 +40,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <fastmp/robust_mutex.hpp>
+#include <fastmp/segment.hpp>
 #include <memory>
 #include <type_traits>
 #include <vector>
-
-#include <fastmp/robust_mutex.hpp>
-#include <fastmp/segment.hpp>
 
 namespace fastmp {
 
@@ -77,7 +76,7 @@ static_assert(std::is_trivially_copyable_v<shm_header>);
 static_assert(std::is_standard_layout_v<shm_header>);
 
 class shm_heap {
-public:
+  public:
     enum : std::uint32_t { state_idle = 0, state_active = 1, state_relocating = 2 };
     static constexpr std::uint32_t magic_value = 0x66686561;  // "fhea"
     static constexpr std::uint32_t layout_version = 1;
@@ -99,7 +98,7 @@ public:
 
     static shm_heap create(std::uint32_t kind, std::unique_ptr<layout> l);
     static shm_heap attach(int fd, std::unique_ptr<layout> l);  // takes ownership of fd
-    static std::uint32_t kind_of(int fd);                      // reads the header of a memfd
+    static std::uint32_t kind_of(int fd);                       // reads the header of a memfd
 
     int fd() const noexcept { return seg_.fd.get(); }
     std::uint32_t kind() const noexcept { return hdr()->kind; }
@@ -118,9 +117,7 @@ public:
     void abort() noexcept;
 
     std::byte* ptr(std::uint64_t off) const noexcept { return seg_.map.data() + off; }
-    std::uint64_t& word(std::uint64_t off) const noexcept {
-        return *reinterpret_cast<std::uint64_t*>(ptr(off));
-    }
+    std::uint64_t& word(std::uint64_t off) const noexcept { return *reinterpret_cast<std::uint64_t*>(ptr(off)); }
     shm_view& view() const noexcept { return hdr()->views[hdr()->cur]; }
     std::uint64_t root(std::size_t i) const noexcept { return view().root[i]; }
     std::uint64_t root_off(std::size_t i) const noexcept;
@@ -146,7 +143,7 @@ public:
 
     struct impl;
 
-private:
+  private:
     shm_heap();
     shm_header* hdr() const noexcept { return reinterpret_cast<shm_header*>(seg_.map.data()); }
     void after_lock(bool owner_died);
@@ -160,8 +157,8 @@ private:
 
     segment seg_;
     std::unique_ptr<layout> layout_;
-    std::unique_ptr<impl> impl_;  // the Boost heap handle for the live region
-    std::vector<std::uint64_t> allocated_;                           // this operation's blocks
+    std::unique_ptr<impl> impl_;                                  // the Boost heap handle for the live region
+    std::vector<std::uint64_t> allocated_;                        // this operation's blocks
     std::vector<std::pair<std::uint64_t, std::size_t>> to_free_;  // freed at commit
 };
 
