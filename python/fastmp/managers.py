@@ -27,6 +27,7 @@ What fastmp does differently (see the README's "Differences"):
 from __future__ import annotations
 
 import array
+import collections
 import os
 import select
 import threading
@@ -163,6 +164,7 @@ class Server(_std.Server):
         else:
             with self.mutex:
                 held = self.id_to_obj[ident][0]
+        c.send(("#FDS", len(held.fds)))
         for fd in held.fds:
             _std_reduction.send_handle(c, fd, None)
         return len(held.fds)
@@ -222,9 +224,6 @@ class BaseManager(_std.BaseManager):
             registry, address, authkey, serializer, writer, initializer, initargs
         )
 
-    def get_server(self):
-        return super().get_server()
-
 
 # --- the client side -----------------------------------------------------
 
@@ -256,7 +255,10 @@ def _fetch(token, authkey, count) -> list[int]:
     conn = _connection.Client(token.address, authkey=authkey)
     try:
         conn.send((None, "fastmp_fds", (token.id,), {}))
-        fds = [_std_reduction.recv_handle(conn) for _ in range(count)]
+        kind, result = conn.recv()
+        if kind != "#FDS":  # the object is gone, or the server refused
+            raise _std.convert_to_error(kind, result)
+        fds = [_std_reduction.recv_handle(conn) for _ in range(result)]
         kind, result = conn.recv()
     finally:
         conn.close()
@@ -265,6 +267,11 @@ def _fetch(token, authkey, count) -> list[int]:
             os.close(fd)
         raise _std.convert_to_error(kind, result)
     return fds
+
+
+# A worker that gets a proxy with every task (Pool) would otherwise fetch
+# and map the object again each time: children keep the last few alive.
+_recent: collections.deque = collections.deque(maxlen=32)
 
 
 def _attach(token, authkey, export) -> _Attached:
@@ -284,7 +291,10 @@ def _attach(token, authkey, export) -> _Attached:
     finally:
         _receiving.fds = []
     with _attached_lock:
-        return _attached.setdefault(key, _Attached(obj))
+        held = _attached.setdefault(key, _Attached(obj))
+    if _process.parent_process() is not None:
+        _recent.append(held)
+    return held
 
 
 def _closed_error():
@@ -346,20 +356,38 @@ class _NativeProxy(BaseProxy):
 class DictProxy(_NativeProxy):
     """multiprocessing.managers.DictProxy on a shared-memory hash map."""
 
+    __class_getitem__: classmethod = classmethod(type(list[int]))
+
+    # The hot methods skip the _native() call once attached.
     def __contains__(self, key):
-        return self._native().__contains__(key)
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return key in c
 
     def __delitem__(self, key):
-        return self._native().__delitem__(key)
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        del c[key]
 
     def __getitem__(self, key):
-        return self._native().__getitem__(key)
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return c[key]
 
     def __setitem__(self, key, value):
-        return self._native().__setitem__(key, value)
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        c[key] = value
 
     def __len__(self):
-        return self._native().__len__()
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return len(c)
 
     def __iter__(self):
         return iter(self._native().keys())
@@ -426,12 +454,10 @@ class DictProxy(_NativeProxy):
             return repr(self)[:-1] + "; '__str__()' failed>"
 
 
-def _slice_or_index(index):
-    return isinstance(index, slice)
-
-
 class ListProxy(_NativeProxy):
     """multiprocessing.managers.ListProxy on a shared-memory sequence."""
+
+    __class_getitem__: classmethod = classmethod(type(list[int]))
 
     def _items(self):
         return self._native()._items()
@@ -452,10 +478,16 @@ class ListProxy(_NativeProxy):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self._items()[index]
-        return self._native()[index]
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return c[index]
 
     def __len__(self):
-        return len(self._native())
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return len(c)
 
     def __mul__(self, n):
         return self._items() * n
@@ -478,7 +510,10 @@ class ListProxy(_NativeProxy):
         self._native()._rewrite(op)
 
     def append(self, value):
-        return self._native().append(value)
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        return c.append(value)
 
     def count(self, value):
         return self._items().count(value)
@@ -554,14 +589,20 @@ class NamespaceProxy(_NativeProxy):
         if key[0] == "_":
             return object.__getattribute__(self, key)
         try:
-            return object.__getattribute__(self, "_native")()[key]
+            c = self._fastmp_obj
+            if c is None:
+                c = self._native()
+            return c[key]
         except KeyError:
             raise AttributeError(f"'Namespace' object has no attribute '{key}'") from None
 
     def __setattr__(self, key, value):
         if key[0] == "_":
             return object.__setattr__(self, key, value)
-        object.__getattribute__(self, "_native")()[key] = value
+        c = self._fastmp_obj
+        if c is None:
+            c = self._native()
+        c[key] = value
 
     def __delattr__(self, key):
         if key[0] == "_":
@@ -617,8 +658,8 @@ class ArrayProxy(_NativeProxy):
     def __setitem__(self, index, value):
         typecode = self._fastmp_exp[2]
         if not isinstance(index, slice):
-            checked = array.array(typecode, [0] if typecode != "u" else [" "])
-            checked[0] = value
+            checked = array.array(typecode)
+            checked.append(value)  # array.array's type checks and errors
             return self._native().__setitem__(index, checked[0])
 
         def op(items, load, store):
