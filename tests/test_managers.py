@@ -59,9 +59,8 @@ def _sync_child(lock, rlock, sem, ev, cond, barrier, jq):
     with cond:
         cond.notify_all()
     barrier.wait(10)
-    item = jq.get(timeout=10)
+    assert jq.get(timeout=10) == 1
     jq.task_done()
-    jq.put(item + 1)
 
 
 def _through_queue(q, out):
@@ -425,8 +424,8 @@ def test_sync_primitives(ctx, manager):
     p.start()
     assert ev.wait(60)
     assert barrier.wait(60) in (0, 1)
-    jq.join()
-    assert jq.get(timeout=60) == 2
+    jq.join()  # returns once the child called task_done
+    assert jq.empty()
     p.join(60)
     assert p.exitcode == 0
     ev.clear()
@@ -532,3 +531,34 @@ def test_fastmp_manager_is_native():
         d = m.dict()
         d[1] = 1
         assert isinstance(d._native(), fastmp._fastmp.ShmDict)
+
+
+def test_tcp_manager_goes_through_the_server():
+    """A manager on TCP cannot pass fds: its proxies call the server, with the
+    same methods and results (the path a proxy on another machine takes)."""
+    with fmanagers.SyncManager(address=("127.0.0.1", 0)) as m:
+        d, lst, ns, v = m.dict(a=1), m.list([1, 2]), m.Namespace(x=1), m.Value("i", 3)
+        a, lock, q, b = m.Array("i", [1, 2]), m.Lock(), m.Queue(), m.Barrier(1)
+        d["b"] = 2
+        assert d.items() == [("a", 1), ("b", 2)] and len(d) == 2 and "a" in d
+        with pytest.raises(KeyError):
+            d["zz"]
+        lst.append(3)
+        lst.insert(0, 0)
+        lst.sort(reverse=True)
+        assert lst[:] == [3, 2, 1, 0] and str(lst) == "[3, 2, 1, 0]"
+        ns.y = 2
+        assert ns.x == 1 and ns.y == 2 and str(ns) == "Namespace(x=1, y=2)"
+        with pytest.raises(AttributeError):
+            ns.zz  # noqa: B018
+        v.value += 1
+        assert v.value == 4
+        a[0] = 5
+        assert a[:] == array.array("i", [5, 2])
+        with lock:
+            pass
+        q.put(1)
+        assert q.get(timeout=10) == 1
+        assert b.parties == 1 and b.wait(10) == 0
+        assert d._native is not None and type(d).__name__ == "_RemoteDictProxy"
+        assert isinstance(d, fmanagers.DictProxy)

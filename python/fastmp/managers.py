@@ -124,11 +124,25 @@ class _Held:
         self.obj = obj
         self.extra = extra  # immutable details the proxy needs (typecodes...)
         self.blob, self.fds = _export(obj)
+        self.local = None
         if isinstance(obj, (_fastmp.ShmDict, _fastmp.ShmList)):
             _held_containers.add(obj)
 
     def _fastmp_export(self):
         return (self.blob, len(self.fds), self.extra)
+
+    def _fastmp_call(self, proxytype, name, args, kwds):
+        """Runs a proxy method here, for a proxy that cannot map the object
+        (its manager listens on TCP: no fd passing)."""
+        local = self.local
+        if local is None:
+            local = self.local = object.__new__(_LOCAL_OF.get(proxytype, proxytype))
+            object.__setattr__(local, "_fastmp_exp", self._fastmp_export())
+            object.__setattr__(local, "_fastmp_obj", self.obj)
+            object.__setattr__(local, "_fastmp_state", _Attached(_state_container()))
+        if name[0] == "@":  # a property
+            return getattr(local, name[1:])
+        return getattr(local, name)(*args, **kwds)
 
 
 _held_containers: weakref.WeakSet = weakref.WeakSet()
@@ -214,6 +228,13 @@ class BaseManager(_std.BaseManager):
     the process that started it dies, and serves fastmp's native types."""
 
     _Server = Server
+
+    def __init__(self, address=None, *args, **kwds):
+        if address is None:
+            # An abstract unix socket: nothing on disk to leave behind when
+            # the server is killed (the stdlib's is a file in a temp dir).
+            address = "\0fastmp-manager-" + os.urandom(12).hex()
+        super().__init__(address, *args, **kwds)
 
     @classmethod
     def _run_server(
@@ -305,7 +326,7 @@ class _NativeProxy(BaseProxy):
     """A BaseProxy whose referent lives in shared memory: the stdlib's
     reference counting and pickling, fastmp's operations."""
 
-    _exposed_ = ("_fastmp_export",)
+    _exposed_ = ("_fastmp_export", "_fastmp_call")
 
     def __init__(
         self,
@@ -324,6 +345,10 @@ class _NativeProxy(BaseProxy):
         object.__setattr__(self, "_fastmp_exp", _fastmp_export)
         object.__setattr__(self, "_fastmp_obj", None)
         object.__setattr__(self, "_fastmp_pinned", False)
+        if not isinstance(token.address, (str, bytes)) and type(self) in _REMOTE_OF:
+            # A TCP manager (maybe on another machine): no fds to pass, so
+            # every operation goes to the server, as with the stdlib.
+            object.__setattr__(self, "__class__", _REMOTE_OF[type(self)])
 
     def _native(self):
         obj = self._fastmp_obj
@@ -336,6 +361,7 @@ class _NativeProxy(BaseProxy):
 
     def __reduce__(self):
         func, (rebuild, token, serializer, kwds) = super().__reduce__()
+        rebuild = _LOCAL_OF.get(rebuild, rebuild)  # the receiver decides how to reach it
         kwds["_fastmp_export"] = self._fastmp_exp
         if _std_context.get_spawning_popen() is None and not self._fastmp_pinned:
             conn = self._Client(self._token.address, authkey=self._authkey)
@@ -800,6 +826,74 @@ class QueueProxy(_SyncProxy):
         return self._native().join()
 
 
+# --- proxies of a TCP manager: every call goes to the server ---------------
+
+
+def _remote_method(name):
+    def call(self, *args, **kwds):
+        local = _LOCAL_OF[type(self)]
+        return self._callmethod("_fastmp_call", (local, name, args, kwds))
+
+    call.__name__ = name
+    return call
+
+
+class _RemoteNamespace:
+    def __getattr__(self, key):
+        if key[0] == "_":
+            return object.__getattribute__(self, key)
+        return self._callmethod("_fastmp_call", (NamespaceProxy, "__getattr__", (key,), {}))
+
+    def __setattr__(self, key, value):
+        if key[0] == "_":
+            return object.__setattr__(self, key, value)
+        return self._callmethod("_fastmp_call", (NamespaceProxy, "__setattr__", (key, value), {}))
+
+    def __delattr__(self, key):
+        if key[0] == "_":
+            return object.__delattr__(self, key)
+        return self._callmethod("_fastmp_call", (NamespaceProxy, "__delattr__", (key,), {}))
+
+
+_NOT_FORWARDED = {
+    "__init__",
+    "__reduce__",
+    "__deepcopy__",
+    "_native",
+    "__getattr__",
+    "__setattr__",
+    "__delattr__",
+}
+_REMOTE_OF: dict = {}
+_LOCAL_OF: dict = {}
+
+
+def _make_remote(cls):
+    names = set()
+    for klass in cls.__mro__:
+        if klass in (_NativeProxy, BaseProxy, object):
+            break
+        names.update(n for n, v in vars(klass).items() if callable(v) and n not in _NOT_FORWARDED)
+        names.discard("__class_getitem__")
+    ns = {n: _remote_method(n) for n in names}
+    for klass in cls.__mro__:
+        for n, v in vars(klass).items():
+            if isinstance(v, property) and n not in ns:
+                if n == "value":
+                    ns[n] = property(ns["get"], ns["set"])
+                else:
+                    ns[n] = property(
+                        lambda self, n=n: self._callmethod("_fastmp_call", (cls, "@" + n, (), {}))
+                    )
+    ns["__module__"] = __name__
+    ns["__qualname__"] = "_Remote" + cls.__name__
+    bases = (_RemoteNamespace, cls) if cls is NamespaceProxy else (cls,)
+    remote = type("_Remote" + cls.__name__, bases, ns)
+    globals()[remote.__name__] = remote
+    _REMOTE_OF[cls] = remote
+    _LOCAL_OF[remote] = cls
+
+
 # --- what the server creates --------------------------------------------
 
 
@@ -866,6 +960,22 @@ def _new_sync(name, *args, **kwds):
         obj = getattr(synchronize, name)(*args, **kwds)
     state = _state_held()
     return _Held(obj, (state.blob, len(state.fds)))
+
+
+for _cls in (
+    DictProxy,
+    ListProxy,
+    NamespaceProxy,
+    ValueProxy,
+    ArrayProxy,
+    AcquirerProxy,
+    ConditionProxy,
+    EventProxy,
+    BarrierProxy,
+    QueueProxy,
+):
+    _make_remote(_cls)
+del _cls
 
 
 # The server's callables (module-level: spawn pickles the registry).
