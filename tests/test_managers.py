@@ -11,6 +11,7 @@ import gc
 import importlib
 import multiprocessing.managers
 import queue
+import time
 
 import pytest
 
@@ -562,3 +563,87 @@ def test_tcp_manager_goes_through_the_server():
         assert b.parties == 1 and b.wait(10) == 0
         assert d._native is not None and type(d).__name__ == "_RemoteDictProxy"
         assert isinstance(d, fmanagers.DictProxy)
+
+
+def _appender(lst, n):
+    for i in range(n):
+        lst.append(i)
+
+
+def _slow_key(x):
+    time.sleep(0.001)  # lets the other threads run while the sort holds the list
+    return x
+
+
+def _sorter(lst):
+    lst.sort(key=_slow_key)
+
+
+def test_threads_share_a_container():
+    """Threads of one process contend for the container's lock (the sort runs
+    Python code while holding it). fastmp only: the stdlib's server raises
+    "list modified during sort" and drops the items appended meanwhile."""
+
+    with fastmp.Manager() as m:
+        _threads_share(m)
+
+
+def _threads_share(manager):
+    import threading
+
+    lst = manager.list(range(50, 0, -1))
+    threads = [threading.Thread(target=_sorter, args=(lst,))]
+    threads += [threading.Thread(target=_appender, args=(lst, 300)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(lst) == 650
+    assert sorted(lst[:]) == sorted(list(range(300)) * 2 + list(range(1, 51)))
+
+
+def test_reentrant_use_raises_instead_of_deadlock():
+    with fastmp.Manager() as m:
+        lst = m.list([2, 1])
+        with pytest.raises(ValueError, match="inside its own operation"):
+            lst.sort(key=lambda x: len(lst))
+        assert lst[:] == [2, 1]
+
+
+def test_forkserver_child_uses_proxies():
+    ctx = fastmp.get_context("forkserver")
+    with ctx.Manager() as m:
+        d, lst, ns = m.dict(), m.list(["first"]), m.Namespace()
+        v, a = m.Value("i", 1), m.Array("i", [0, 0])
+        p = ctx.Process(target=_child_writes, args=(d, lst, ns, v, a))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0 and d[1] == "one" and ns.child == 42 and v.value == 11
+
+
+def _serve(cls, address, authkey):
+    cls(address=address, authkey=authkey).get_server().serve_forever()
+
+
+def test_get_server_serve_forever(ctx, tmp_path):
+    cls = FastSync if _is_fastmp(ctx) else StdSync
+    address, authkey = str(tmp_path / "mgr.sock"), b"secret"
+    p = ctx.Process(target=_serve, args=(cls, address, authkey))
+    p.start()
+    client = cls(address=address, authkey=authkey)
+    while True:  # until the server listens
+        try:
+            client.connect()
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            assert p.exitcode is None
+    d, lock = client.dict(a=1), client.Lock()
+    d["b"] = 2
+    with lock:
+        assert d.items() == [("a", 1), ("b", 2)]
+    del d, lock
+    conn = multiprocessing.connection.Client(address, authkey=authkey)
+    multiprocessing.managers.dispatch(conn, None, "shutdown")
+    conn.close()
+    p.join(60)
+    assert p.exitcode == 0

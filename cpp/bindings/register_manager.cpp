@@ -7,6 +7,7 @@
 // so user code (__reduce__, __setstate__) never runs while we hold it; the
 // only user code run under the lock is __eq__ of opaque keys and, in
 // `_rewrite`, the caller's own function.
+#include <algorithm>
 #include <cmath>
 #include <fastmp/containers.hpp>
 #include <string>
@@ -161,18 +162,24 @@ struct list_container : container {
 
 // Takes the lock (waiting without the GIL) and refuses a closed container
 // with the error a stdlib proxy raises once its manager is gone.
+// The containers this thread is inside an operation of: an __eq__ or a
+// `_rewrite` function that uses the same container again would deadlock.
+thread_local std::vector<const shm_heap*> in_operation;
+
 class locked {
   public:
     explicit locked(container& c) : h_(c.h) {
         if (h_.closed()) throw sys_error(EPIPE, "the manager has shut down");
-        if (h_.held_by_me())
+        if (std::find(in_operation.begin(), in_operation.end(), &h_) != in_operation.end())
             throw py::value_error("a manager container was used from inside its own operation (would deadlock)");
         if (!h_.try_lock()) {
             py::gil_scoped_release nogil;
             h_.lock();
         }
+        in_operation.push_back(&h_);
     }
     ~locked() {
+        in_operation.pop_back();
         if (txn_) h_.abort();
         h_.unlock();
     }

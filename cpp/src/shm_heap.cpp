@@ -114,11 +114,6 @@ void shm_heap::remap() {
     reopen_heap();
 }
 
-bool shm_heap::held_by_me() const noexcept {
-    return (atomic(hdr()->lock.word).load(std::memory_order_relaxed) & robust_mutex::pid_mask) ==
-           static_cast<std::uint32_t>(current_pid());
-}
-
 void shm_heap::lock() { after_lock(hdr()->lock.lock() == status::owner_died); }
 
 bool shm_heap::try_lock() {

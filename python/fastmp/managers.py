@@ -236,6 +236,17 @@ class BaseManager(_std.BaseManager):
             address = "\0fastmp-manager-" + os.urandom(12).hex()
         super().__init__(address, *args, **kwds)
 
+    def get_server(self):
+        # The stdlib's builds its own Server class, not self._Server.
+        if self._state.value != _std.State.INITIAL:
+            if self._state.value == _std.State.STARTED:
+                raise _std.ProcessError("Already started server")
+            elif self._state.value == _std.State.SHUTDOWN:
+                raise _std.ProcessError("Manager has shut down")
+            else:
+                raise _std.ProcessError(f"Unknown state {self._state.value!r}")
+        return self._Server(self._registry, self._address, self._authkey, self._serializer)
+
     @classmethod
     def _run_server(
         cls, registry, address, authkey, serializer, writer, initializer=None, initargs=()

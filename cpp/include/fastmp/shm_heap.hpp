@@ -139,7 +139,6 @@ class shm_heap {
     std::uint64_t memory_used() const;  // pages the file holds (holes excluded)
     std::uint64_t recoveries() const noexcept { return hdr()->recoveries; }
     void set_pause_at(std::uint64_t n) noexcept { hdr()->pause_at = n; }
-    bool held_by_me() const noexcept;
 
     struct impl;
 
