@@ -33,8 +33,9 @@ std::uint64_t round_page(std::uint64_t n) {
 }
 
 struct log_entry {
-    std::uint64_t off, old;
+    std::uint64_t off, old;  // a logged store; or, with alloc_bit, a block and its size
 };
+constexpr std::uint64_t alloc_bit = std::uint64_t{1} << 63;
 
 // Stores that a SIGKILL may interrupt: keep the compiler from reordering them
 // (the journal entry must reach memory before the word it protects).
@@ -52,6 +53,14 @@ struct shm_heap::impl {
     std::optional<heap_t> build;   // the region a relocation builds
     shm_view* bv = nullptr;        // the view allocations go to (live or being built)
     heap_t& target() { return build ? *build : *live; }
+};
+
+// Marks the calls into Boost's allocator: a process killed inside one leaves
+// its free tree suspect, and the recovery must relocate.
+struct shm_heap::allocator_section {
+    shm_heap& h;
+    explicit allocator_section(shm_heap& heap) : h(heap) { store32(h.hdr()->in_alloc, 1); }
+    ~allocator_section() { store32(h.hdr()->in_alloc, 0); }  // hdr() again: a grow may have remapped
 };
 
 shm_heap::shm_heap() : impl_(std::make_unique<impl>()) {}
@@ -142,44 +151,54 @@ std::uint64_t shm_heap::root_off(std::size_t i) const noexcept {
 }
 
 void shm_heap::begin() {
-    allocated_.clear();
     to_free_.clear();
     hdr()->log_count = 0;
     store32(hdr()->state, state_active);
 }
 
-void shm_heap::set(std::uint64_t off, std::uint64_t value) {
-    auto* hd = hdr();
-    if (hd->log_count == view().log_cap) {
-        // A bigger log, filled before it replaces the old one.
+void shm_heap::append_log(std::uint64_t off, std::uint64_t old) {
+    if (hdr()->log_count == view().log_cap) {
+        // A bigger log, filled before it replaces the old one (not itself logged).
         const std::uint64_t cap = view().log_cap * 2;
-        std::uint64_t nl = alloc(cap * sizeof(log_entry));
-        hd = hdr();
-        std::memcpy(ptr(nl), ptr(view().log_off), hd->log_count * sizeof(log_entry));
-        const std::uint64_t old = view().log_off, old_cap = view().log_cap;
+        std::uint64_t nl = raw_alloc(cap * sizeof(log_entry));
+        std::memcpy(ptr(nl), ptr(view().log_off), hdr()->log_count * sizeof(log_entry));
+        const std::uint64_t old_log = view().log_off, old_cap = view().log_cap;
         store(view().log_off, nl);
         store(view().log_cap, cap);
-        allocated_.pop_back();  // the log belongs to the view now, not to this operation
-        do_free(old, old_cap * sizeof(log_entry));
+        do_free(old_log, old_cap * sizeof(log_entry));
     }
+    auto* hd = hdr();
     auto* log = reinterpret_cast<log_entry*>(ptr(view().log_off));
-    log[hd->log_count] = {off, word(off)};
+    log[hd->log_count] = {off, old};
     store(hd->log_count, hd->log_count + 1);
     if (hd->pause_at && hd->log_count == hd->pause_at) ::raise(SIGSTOP);  // test hook (kill mid-operation)
+}
+
+void shm_heap::set(std::uint64_t off, std::uint64_t value) {
+    append_log(off, word(off));
     store(word(off), value);
 }
 
-std::uint64_t shm_heap::alloc(std::size_t n) {
+std::uint64_t shm_heap::raw_alloc(std::size_t n) {
     n = std::max<std::size_t>(n, 16);
     for (;;) {
-        void* p = impl_->target().allocate(n, std::nothrow);
-        if (p) {
-            auto off = static_cast<std::uint64_t>(static_cast<std::byte*>(p) - ptr(0));
-            allocated_.push_back(off);
-            return off;
+        void* p;
+        {
+            allocator_section in(*this);
+            p = impl_->target().allocate(n, std::nothrow);
         }
+        if (p) return static_cast<std::uint64_t>(static_cast<std::byte*>(p) - ptr(0));
+        allocator_section in(*this);
         grow(n);
     }
+}
+
+std::uint64_t shm_heap::alloc(std::size_t n) {
+    std::uint64_t off = raw_alloc(n);
+    // Inside an operation the block is the operation's until it commits: an
+    // undo frees it.
+    if (hdr()->state == state_active) append_log(off | alloc_bit, n);
+    return off;
 }
 
 void shm_heap::grow(std::size_t need) {
@@ -208,7 +227,10 @@ void shm_heap::grow(std::size_t need) {
 }
 
 void shm_heap::do_free(std::uint64_t off, std::size_t size) noexcept {
-    impl_->live->deallocate(ptr(off));
+    {
+        allocator_section in(*this);
+        impl_->live->deallocate(ptr(off));
+    }
     if (size >= punch_threshold) {
         // The free block's bookkeeping sits in its first bytes (and the next
         // block's header after it): give back only whole pages in between.
@@ -226,39 +248,55 @@ void shm_heap::commit() {
     // lost to a kill (the next recovery's relocation reclaims them).
     store32(hd->state, state_idle);
     store(hd->log_count, 0);
-    allocated_.clear();
     for (auto [off, size] : to_free_) do_free(off, size);
     to_free_.clear();
     if (view().region_size >= shrink_min_region && free_bytes() > view().region_size / 4 * 3) relocate(false);
 }
 
-void shm_heap::undo() noexcept {
+// Undoes the log, last entry first. Restoring a word is idempotent, so it is
+// done before the entry is dropped; a block is dropped from the log before it
+// is freed (a death in between leaks it in the heap rather than freeing it twice).
+void shm_heap::undo(bool free_blocks) noexcept {
     auto* hd = hdr();
     auto* log = reinterpret_cast<log_entry*>(ptr(view().log_off));
-    for (std::uint64_t i = hd->log_count; i-- > 0;) store(word(log[i].off), log[i].old);
+    for (std::uint64_t i = hd->log_count; i-- > 0;) {
+        const log_entry e = log[i];
+        if (e.off & alloc_bit) {
+            if (!free_blocks) continue;
+            store(hd->log_count, i);
+            do_free(e.off & ~alloc_bit, e.old);
+        } else {
+            store(word(e.off), e.old);
+            if (free_blocks) store(hd->log_count, i);
+        }
+    }
 }
 
 void shm_heap::abort() noexcept {
-    undo();
-    store32(hdr()->state, state_idle);
+    undo(true);
     store(hdr()->log_count, 0);
-    for (auto off : allocated_) impl_->live->deallocate(ptr(off));
-    allocated_.clear();
+    store32(hdr()->state, state_idle);
     to_free_.clear();
 }
 
 void shm_heap::recover() {
     auto* hd = hdr();
     ++hd->recoveries;
-    allocated_.clear();
     to_free_.clear();
-    // Idempotent: a recoverer that dies here is recovered in turn.
-    if (hd->log_count) undo();
-    relocate(false);
+    if (hd->in_alloc || hd->state == state_relocating) {
+        // The allocator may be corrupt: undo the words only, then copy the
+        // live content into a fresh heap. Idempotent: a recoverer that dies
+        // here is recovered in turn.
+        if (hd->log_count) undo(false);
+        relocate(false);
+        return;
+    }
+    if (hd->state == state_active) undo(true);
+    store(hd->log_count, 0);
+    store32(hd->state, state_idle);
 }
 
 void shm_heap::clear_all() {
-    allocated_.clear();
     to_free_.clear();
     store(hdr()->log_count, 0);
     relocate(true);
@@ -306,12 +344,10 @@ void shm_heap::relocate(bool empty) {
     } catch (...) {
         impl_->build.reset();
         impl_->bv = nullptr;
-        allocated_.clear();
         throw;  // the old view stays live; the lock taker after us retries
     }
     impl_->build.reset();
     impl_->bv = nullptr;
-    allocated_.clear();
     hd = hdr();
     const std::uint32_t next = 1 - hd->cur;
     hd->views[next] = nv;

@@ -149,6 +149,7 @@ TEST(Containers, ListOps) {
 TEST(Containers, KilledMidOperationIsUndone) {
     shm_heap h = create_container(container_dict);
     for (std::uint64_t i = 0; i < 100; ++i) dict_set(h, i, "old");
+    const auto region = h.region_size();
     h.set_pause_at(150);  // inside the big update below
     pid_t pid = ::fork();
     if (pid == 0) {
@@ -166,6 +167,7 @@ TEST(Containers, KilledMidOperationIsUndone) {
     h.set_pause_at(0);
     h.lock();  // the dead holder's update is undone
     EXPECT_EQ(h.recoveries(), 1u);
+    EXPECT_EQ(h.region_size(), region);  // undone in place: no relocation needed
     EXPECT_EQ(shm_dict(h).size(), 100u);
     for (std::uint64_t i = 0; i < 100; ++i) EXPECT_EQ(dict_get(h, i), "old");
     h.unlock();
@@ -197,6 +199,16 @@ TEST(Containers, RandomKillsStayConsistent) {
         shm_list l(h);
         EXPECT_EQ(l.size() % 50, 0u) << "a partly applied batch";
         for (std::uint64_t i = 0; i < l.size(); ++i) EXPECT_EQ(blob_at(h, l.item(i)).h->val_len, 100 + (i % 50) * 37);
+        h.begin();
+        l.set_items({});
+        h.commit();
+        // The allocator is sound: churn it.
+        for (int i = 0; i < 200; ++i) {
+            h.begin();
+            l.append(make_blob(h, nullptr, val(std::string(10 + i * 53 % 3000, 'b'))));
+            if (i % 3 == 0) l.set_items({l.item(l.size() - 1)});
+            h.commit();
+        }
         h.begin();
         l.set_items({});
         h.commit();

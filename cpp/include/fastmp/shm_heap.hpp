@@ -28,12 +28,15 @@
 //   unreachable and linked in by such stores; blocks are freed only after
 //   commit. A process killed inside an operation leaves state == active: the
 //   next lock taker (robust lock: within ~20 ms of the death) undoes the log,
-//   so the operation did not happen at all. Because the death may also have
-//   hit inside Boost's allocator (whose free tree is then suspect), the
-//   recovering process then relocates the live content into a fresh region,
-//   which also drops any blocks the dead process had allocated or not yet
-//   freed. A relocation commits by flipping `cur` (one store) and is redone
-//   from the old view if its builder dies.
+//   so the operation did not happen at all; the log also lists the blocks
+//   the operation allocated, which the undo frees. Only when the death hit
+//   inside Boost's allocator (`in_alloc`: its free tree is then suspect) does
+//   the recovering process relocate the live content into a fresh region
+//   (O(content) instead of O(operation)). A relocation commits by flipping
+//   `cur` (one store) and is redone from the old view if its builder dies.
+//   A kill between an allocation and its log entry, or among the frees after
+//   a commit, can leave a block unreachable inside the heap until the next
+//   relocation (never outside it).
 // - Who frees: the region's blocks are freed by the process that commits the
 //   operation that unlinked them; the memfd by the kernel.
 #pragma once
@@ -61,10 +64,10 @@ struct shm_header {
     std::uint64_t size;  // of this header
     robust_mutex lock;
     std::uint32_t kind;
-    std::uint32_t closed;  // set by the manager at shutdown
-    std::uint32_t state;   // shm_heap::state_*
-    std::uint32_t cur;     // live view
-    std::uint32_t pad;
+    std::uint32_t closed;    // set by the manager at shutdown
+    std::uint32_t state;     // shm_heap::state_*
+    std::uint32_t cur;       // live view
+    std::uint32_t in_alloc;  // inside Boost's allocator: a death here needs a relocation
     std::uint64_t file_size;
     std::uint64_t log_count;
     std::uint64_t stale_off, stale_size;  // a region an interrupted relocation was building
@@ -148,7 +151,10 @@ class shm_heap {
     void after_lock(bool owner_died);
     void remap();
     void recover();
-    void undo() noexcept;
+    void undo(bool free_blocks) noexcept;
+    void append_log(std::uint64_t off, std::uint64_t old);
+    std::uint64_t raw_alloc(std::size_t n);  // not logged
+    struct allocator_section;
     void relocate(bool empty);
     void grow(std::size_t need);
     void reopen_heap();
@@ -157,7 +163,6 @@ class shm_heap {
     segment seg_;
     std::unique_ptr<layout> layout_;
     std::unique_ptr<impl> impl_;                                  // the Boost heap handle for the live region
-    std::vector<std::uint64_t> allocated_;                        // this operation's blocks
     std::vector<std::pair<std::uint64_t, std::size_t>> to_free_;  // freed at commit
 };
 
