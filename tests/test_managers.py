@@ -70,6 +70,13 @@ def _through_queue(q, out):
     out.put("ok")
 
 
+def _through_pipe(conn):
+    lst, lock = conn.recv()
+    with lock:
+        lst.append("via pipe")
+    conn.send("ok")
+
+
 def _negate(x):
     return -x
 
@@ -372,6 +379,19 @@ def test_proxy_through_queue_after_start(ctx, manager):
     assert out.get(timeout=60) == "ok"
     p.join(60)
     assert d["seen"] is True
+
+
+def test_proxies_through_pipe_after_start(ctx, manager):
+    a, b = ctx.Pipe()
+    p = ctx.Process(target=_through_pipe, args=(b,))
+    p.start()
+    lst, lock = manager.list(), manager.Lock()
+    a.send((lst, lock))  # kept alive here: the stdlib's child would find the lock gone
+    assert a.recv() == "ok"
+    p.join(60)
+    a.close()
+    b.close()
+    assert lst[:] == ["via pipe"]
 
 
 def test_manager_queue(ctx, manager):
