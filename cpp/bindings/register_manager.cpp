@@ -422,7 +422,8 @@ void list_setitem(container& c, py::handle index, py::handle value) {
     locked l(c);
     const std::uint64_t i = list_index(c, index, "list assignment index out of range");
     l.begin();
-    shm_list(c.h).set_item(i, make_blob(c.h, nullptr, v.view()));
+    shm_list lst(c.h);
+    if (!overwrite_value(c.h, lst.item(i), v.view())) lst.set_item(i, make_blob(c.h, nullptr, v.view()));
     l.commit();
 }
 

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstddef>
 #include <fastmp/containers.hpp>
 #include <unordered_set>
 
@@ -109,7 +110,8 @@ std::unique_ptr<shm_heap::layout> make_layout(std::uint32_t kind) {
 std::uint64_t make_blob(shm_heap& h, const key_view* key, const message_view& value) {
     const std::uint64_t klen = key ? key->key.total() : 0, clen = key ? key->canon_len : 0;
     const std::uint64_t vlen = value.total();
-    const std::uint64_t total = sizeof(blob_head) + clen + klen + vlen;
+    const std::uint64_t voff = blob_ref::value_offset(clen, klen);
+    const std::uint64_t total = voff + vlen;
     std::uint64_t off = h.alloc(total);
     auto* bh = reinterpret_cast<blob_head*>(h.ptr(off));
     *bh = blob_head{total,
@@ -124,18 +126,19 @@ std::uint64_t make_blob(shm_heap& h, const key_view* key, const message_view& va
         std::memcpy(p, key->canon, clen);
         gather(p + clen, key->key);
     }
-    gather(p + clen + klen, value);
+    gather(reinterpret_cast<std::byte*>(bh) + voff, value);
     return off;
 }
 
 std::uint64_t rekey_blob(shm_heap& h, std::uint64_t old, const message_view& value) {
     const std::uint64_t vlen = value.total();
-    std::uint64_t keypart;
+    std::uint64_t keypart, voff;
     {
         const blob_head* oh = blob_at(h, old).h;
         keypart = oh->canon_len + oh->key_len;
+        voff = blob_ref::value_offset(oh->canon_len, oh->key_len);
     }
-    const std::uint64_t total = sizeof(blob_head) + keypart + vlen;
+    const std::uint64_t total = voff + vlen;
     std::uint64_t off = h.alloc(total);  // may remap: re-read `old` after
     auto* bh = reinterpret_cast<blob_head*>(h.ptr(off));
     const auto* oh = reinterpret_cast<const blob_head*>(h.ptr(old));
@@ -144,8 +147,31 @@ std::uint64_t rekey_blob(shm_heap& h, std::uint64_t old, const message_view& val
     bh->val_tag = value.tag;
     bh->val_len = vlen;
     std::memcpy(bh + 1, oh + 1, keypart);
-    gather(reinterpret_cast<std::byte*>(bh + 1) + keypart, value);
+    gather(reinterpret_cast<std::byte*>(bh) + voff, value);
     return off;
+}
+
+bool overwrite_value(shm_heap& h, std::uint64_t blob, const message_view& value) {
+    const blob_head* bh = blob_at(h, blob).h;
+    if (value.nmore != 0 || value.size > 64 || bh->val_len != value.size) return false;
+    const std::uint64_t at = blob + blob_ref::value_offset(bh->canon_len, bh->key_len);
+    const auto* src = static_cast<const unsigned char*>(value.data);
+    for (std::uint64_t i = 0; i * 8 < value.size; ++i) {
+        // The blob's block extends to a multiple of 16: the last word is ours whole.
+        std::uint64_t w = 0;
+        std::memcpy(&w, src + 8 * i, std::min<std::uint64_t>(8, value.size - 8 * i));
+        if (h.word(at + 8 * i) != w) h.set(at + 8 * i, w);
+    }
+    if (bh->val_tag != value.tag) {
+        // {key_len, val_tag} share one word of the header.
+        const std::uint64_t off = blob + offsetof(blob_head, key_len);
+        blob_head copy = *bh;
+        copy.val_tag = value.tag;
+        std::uint64_t w;
+        std::memcpy(&w, reinterpret_cast<const std::byte*>(&copy) + offsetof(blob_head, key_len), sizeof w);
+        h.set(off, w);
+    }
+    return true;
 }
 
 // --- dict ---

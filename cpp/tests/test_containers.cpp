@@ -88,6 +88,8 @@ TEST(Containers, AbortUndoes) {
         shm_dict(h).set(k.view(), val("x"), no_eq);
     }
     auto k = key(1);
+    shm_dict(h).set(k.view(), val("uno"), no_eq);  // as long as "one": rewritten in place
+    EXPECT_EQ(dict_get(h, 1), "uno");
     shm_dict(h).set(k.view(), val("changed"), no_eq);
     h.abort();
     EXPECT_EQ(shm_dict(h).size(), 1u);

@@ -622,13 +622,15 @@ class ListProxy(_NativeProxy):
 class NamespaceProxy(_NativeProxy):
     """multiprocessing.managers.NamespaceProxy; names starting with '_' stay local."""
 
-    def __getattr__(self, key):
+    # __getattribute__ rather than the stdlib's __getattr__: a public name is
+    # never the proxy's own, and this skips the failed normal lookup.
+    def __getattribute__(self, key):
         if key[0] == "_":
             return object.__getattribute__(self, key)
+        c = object.__getattribute__(self, "_fastmp_obj")
+        if c is None:
+            c = object.__getattribute__(self, "_native")()
         try:
-            c = self._fastmp_obj
-            if c is None:
-                c = self._native()
             return c[key]
         except KeyError:
             raise AttributeError(f"'Namespace' object has no attribute '{key}'") from None
@@ -850,10 +852,10 @@ def _remote_method(name):
 
 
 class _RemoteNamespace:
-    def __getattr__(self, key):
+    def __getattribute__(self, key):
         if key[0] == "_":
             return object.__getattribute__(self, key)
-        return self._callmethod("_fastmp_call", (NamespaceProxy, "__getattr__", (key,), {}))
+        return self._callmethod("_fastmp_call", (NamespaceProxy, "__getattribute__", (key,), {}))
 
     def __setattr__(self, key, value):
         if key[0] == "_":
@@ -872,6 +874,7 @@ _NOT_FORWARDED = {
     "__deepcopy__",
     "_native",
     "__getattr__",
+    "__getattribute__",
     "__setattr__",
     "__delattr__",
 }

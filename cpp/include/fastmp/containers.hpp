@@ -26,6 +26,7 @@
 //   swap them in with a few logged stores.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <fastmp/queue.hpp>  // message_view: a payload given as tag + parts
@@ -45,12 +46,20 @@ struct blob_head {
     std::uint64_t val_len;
 };
 static_assert(sizeof(blob_head) == 40);
+static_assert(offsetof(blob_head, key_len) % 8 == 0);  // {key_len, val_tag} is one word
 
 struct blob_ref {
     const blob_head* h;
     const std::byte* canon() const noexcept { return reinterpret_cast<const std::byte*>(h + 1); }
     const std::byte* key() const noexcept { return canon() + h->canon_len; }
-    const std::byte* value() const noexcept { return key() + h->key_len; }
+    // The value starts 8-aligned, so a small value can be rewritten in place
+    // by logged word stores.
+    static std::uint64_t value_offset(std::uint64_t canon_len, std::uint64_t key_len) noexcept {
+        return (sizeof(blob_head) + canon_len + key_len + 7) & ~std::uint64_t{7};
+    }
+    const std::byte* value() const noexcept {
+        return reinterpret_cast<const std::byte*>(h) + value_offset(h->canon_len, h->key_len);
+    }
 };
 
 struct key_view {
@@ -69,6 +78,9 @@ inline shm_heap attach_container(int fd) { return shm_heap::attach(fd, make_layo
 std::uint64_t make_blob(shm_heap& h, const key_view* key, const message_view& value);
 // A new blob with the key part of `old` and a new value.
 std::uint64_t rekey_blob(shm_heap& h, std::uint64_t old, const message_view& value);
+// Rewrites the value of `blob` in place (logged), when the new one is small
+// and as long as the old: no allocation. False when it does not apply.
+bool overwrite_value(shm_heap& h, std::uint64_t blob, const message_view& value);
 inline blob_ref blob_at(const shm_heap& h, std::uint64_t off) {
     return {reinterpret_cast<const blob_head*>(h.ptr(off))};
 }
@@ -99,10 +111,11 @@ class shm_dict {
     template <class Eq>
     void set(const key_view& k, const message_view& value, Eq&& eq) {
         hit r = find(k, eq);
-        if (r.found)
-            replace(r.entry, rekey_blob(h_, entry(r.entry), value));
-        else
+        if (r.found) {
+            if (!overwrite_value(h_, entry(r.entry), value)) replace(r.entry, rekey_blob(h_, entry(r.entry), value));
+        } else {
             insert(k, make_blob(h_, &k, value), r);
+        }
     }
     void replace(std::uint64_t i, std::uint64_t blob);
     void insert(const key_view& k, std::uint64_t blob, hit where);
