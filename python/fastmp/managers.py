@@ -375,11 +375,14 @@ class _NativeProxy(BaseProxy):
         rebuild = _LOCAL_OF.get(rebuild, rebuild)  # the receiver decides how to reach it
         kwds["_fastmp_export"] = self._fastmp_exp
         if _std_context.get_spawning_popen() is None and not self._fastmp_pinned:
-            conn = self._Client(self._token.address, authkey=self._authkey)
             try:
-                dispatch(conn, None, "fastmp_pin", (self._token.id,))
-            finally:
-                conn.close()
+                conn = self._Client(self._token.address, authkey=self._authkey)
+                try:
+                    dispatch(conn, None, "fastmp_pin", (self._token.id,))
+                finally:
+                    conn.close()
+            except OSError:  # the manager is gone: the pickle is still valid (as the stdlib's)
+                pass
             object.__setattr__(self, "_fastmp_pinned", True)
         return func, (rebuild, token, serializer, kwds)
 

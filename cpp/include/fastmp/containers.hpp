@@ -8,8 +8,10 @@
 // inside a transaction, and stores to live words go through `set`).
 // - A *blob* is one immutable block: a header, the key's canonical bytes,
 //   the key as the caller encoded it (to give the original key back) and the
-//   value's payload (tag + bytes, fastmp's queue encoding). Changing a value
-//   writes a new blob and swaps one word; the old blob is freed at commit.
+//   value's payload (tag + bytes, fastmp's queue encoding), 8-aligned.
+//   Changing a value writes a new blob and swaps one word; the old blob is
+//   freed at commit. A new value of at most 64 bytes and the old one's length
+//   (a counter, a flag) is instead rewritten in place by logged word stores.
 // - Key equality as Python's: the binding encodes a key into canonical bytes
 //   such that equal keys get equal bytes and a hash of those bytes (never
 //   Python's hash(), which differs per process for str). Numbers that
