@@ -26,6 +26,13 @@ def _dict_set(d, n):
     return time.perf_counter() - t
 
 
+def _dict_set_new_keys(d, n):
+    t = time.perf_counter()
+    for i in range(n):
+        d[i] = "v" * (i % 7)
+    return time.perf_counter() - t
+
+
 def _dict_get(d, n):
     d["k"] = 1
     t = time.perf_counter()
@@ -91,6 +98,7 @@ def _in_children(lib, fn, obj, n, writers):
 
 CASES = [
     ("dict set (child)", "dict", _dict_set, 1),
+    ("dict set, new keys (child)", "dict", _dict_set_new_keys, 1),
     ("dict get (child)", "dict", _dict_get, 1),
     ("list append (child)", "list", _list_append, 1),
     ("list index (child)", "list", _list_index, 1),
