@@ -222,3 +222,19 @@ def test_deletes_give_memory_back():
             lst.pop()
         assert len(lst) == 10
         assert lst._native()._memory_used < grown / 4
+
+
+def test_server_killed_containers_keep_working():
+    """The stdlib's proxies all fail once its server is killed; fastmp's
+    containers live in shared memory and go on working for the processes
+    that already use them (nothing is left behind: no socket file, no fd)."""
+    m = fastmp.Manager()
+    d, lst = m.dict(a=1), m.list([1])
+    assert d["a"] == 1 and lst[0] == 1  # attached here
+    os.kill(m._process.pid, signal.SIGKILL)
+    m._process.join(30)
+    d["b"] = 2
+    lst.append(2)
+    assert d.items() == [("a", 1), ("b", 2)] and lst[:] == [1, 2]
+    m.shutdown()
+    m._process.close()
