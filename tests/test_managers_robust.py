@@ -15,6 +15,7 @@ import time
 import pytest
 
 import fastmp
+from fastmp import managers as fmanagers
 
 # --- helpers ---
 
@@ -238,3 +239,19 @@ def test_server_killed_containers_keep_working():
     assert d.items() == [("a", 1), ("b", 2)] and lst[:] == [1, 2]
     m.shutdown()
     m._process.close()
+
+
+def test_thousands_of_objects_under_a_low_fd_limit():
+    """Each native object costs its users one fd: fastmp lifts the soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        fmanagers._raised_fd_limit.clear()
+        with fastmp.Manager() as m:
+            dicts = [m.dict(i=i) for i in range(1500)]
+            assert sum(d["i"] for d in dicts) == sum(range(1500))
+            del dicts
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

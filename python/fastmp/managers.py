@@ -200,6 +200,7 @@ class Server(_std.Server):
         return super().shutdown(c)
 
     def serve_forever(self):
+        _raise_fd_limit()
         if Server._watch_pid is not None:
             threading.Thread(
                 target=self._watch_parent, args=(Server._watch_pid,), daemon=True
@@ -282,8 +283,29 @@ def _reset_attached():
 os.register_at_fork(after_in_child=_reset_attached)
 
 
+_raised_fd_limit: list = []
+
+
+def _raise_fd_limit() -> None:
+    """Each native object costs its users one fd: lift the soft limit on open
+    files to the hard one (once per process), so that a program holding
+    thousands of manager objects does not hit a 1024 soft limit."""
+    if _raised_fd_limit and _raised_fd_limit[0] == os.getpid():
+        return
+    _raised_fd_limit[:] = [os.getpid()]
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - best effort
+        pass
+
+
 def _fetch(token, authkey, count) -> list[int]:
     """The fds of a native object, received from its server."""
+    _raise_fd_limit()
     conn = _connection.Client(token.address, authkey=authkey)
     try:
         conn.send((None, "fastmp_fds", (token.id,), {}))
