@@ -205,12 +205,66 @@ def _adopt_into_main(func):
     return adopted
 
 
+# How often an idle or busy worker checks that its pool's owner still lives.
+_OWNER_CHECK_SECONDS = 0.1
+
+
+class _OwnerGone(Exception):
+    """The process that owns the pool has exited (or was killed)."""
+
+
+def _owner_watch():
+    """A function that returns True once the pool's owner is gone.
+
+    A worker's parent is the process that owns the pool (under forkserver too:
+    the forkserver hands the child the pipe its requester wrote into). The
+    stdlib gives every child the read end of a pipe whose write end only the
+    parent holds (``parent_process().sentinel``): it reports end-of-file when
+    the parent exits, however it died. By fd, never by pid (pids are recycled).
+    """
+    import select
+
+    from multiprocessing.process import parent_process
+
+    parent = parent_process()
+    if parent is None or parent.sentinel is None:
+        return lambda: False
+    poller = select.poll()
+    poller.register(parent.sentinel, select.POLLIN | select.POLLHUP)
+    poll = poller.poll
+
+    def owner_gone():
+        return bool(poll(0))
+
+    return owner_gone
+
+
 def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
     """Body of a pool worker process."""
     words = slots.words
     base = idx * _SLOT_WORDS
-    get = inqueue.get
     put = outqueue.put
+    owner_gone = _owner_watch()
+    monotonic = time.monotonic
+    queue_get = inqueue.get
+    next_check = monotonic() + _OWNER_CHECK_SECONDS
+
+    def get():
+        # Waits in slices, so a worker whose owner died (its task queue then
+        # has no writer left, but a shared-memory queue cannot report EOF)
+        # leaves instead of waiting forever; a backlog is not worked off for
+        # nobody either.
+        nonlocal next_check
+        while True:
+            if monotonic() >= next_check:
+                if owner_gone():
+                    raise _OwnerGone
+                next_check = monotonic() + _OWNER_CHECK_SECONDS
+            try:
+                return queue_get(True, _OWNER_CHECK_SECONDS)
+            except queue.Empty:
+                next_check = 0.0
+
     if init_blob is not None:
         by_reference, by_value = init_blob
         try:
@@ -231,7 +285,7 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
             words[base] = _WAITING
             try:
                 task = get()
-            except (EOFError, OSError):
+            except (EOFError, OSError, _OwnerGone):
                 break
             except Exception as e:  # noqa: BLE001  (a task that cannot be unpickled here)
                 put((-2, 0, None, ExceptionWithTraceback(e, e.__traceback__)))
