@@ -241,11 +241,31 @@ def _connect(cluster):
             "cluster must be a distributed.Client, a cluster object or a scheduler "
             f"address such as 'tcp://host:8786', not {type(cluster).__name__}"
         )
+    _probe(address)
     try:
         client = distributed.Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
     except OSError as e:
         raise OSError(f"cannot reach the Dask scheduler at {address}: {e}") from None
     return client, True
+
+
+def _probe(address):
+    """Fails at once, naming the address, when nothing listens at a TCP
+    scheduler address (a failed distributed.Client leaves its event-loop
+    thread behind; other schemes are left to Dask)."""
+    import socket
+
+    scheme, sep, rest = address.rpartition("://")
+    if sep and scheme != "tcp":
+        return
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
+            pass
+    except OSError as e:
+        raise OSError(f"cannot reach the Dask scheduler at {address}: {e}") from None
 
 
 class DaskBackend(Backend):
