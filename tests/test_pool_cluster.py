@@ -321,6 +321,9 @@ def test_objects_that_cannot_cross_machines_raise_at_the_call(dask_client):
         with fastmp.ProcessPoolExecutor(cluster=dask_client) as ex:
             with pytest.raises(TypeError, match="Queue"):
                 ex.submit(square, q).result(60)
+        with fastmp.Manager() as manager, make_pool(dask_client) as pool:
+            with pytest.raises(TypeError, match="DictProxy.*Manager"):
+                pool.apply_async(square, (manager.dict(),))
     finally:
         q.close()
         a.close()

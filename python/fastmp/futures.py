@@ -9,7 +9,9 @@ shared-memory transport as :class:`fastmp.pool.Pool`:
 * a worker that dies abruptly breaks the executor exactly as in the stdlib:
   pending and running futures fail with :class:`BrokenProcessPool`, and so does
   any later ``submit``;
-* ``mp_context`` defaults to fastmp's current context.
+* ``mp_context`` defaults to fastmp's current context;
+* ``cluster=`` (keyword only; or FASTMP_CLUSTER) runs the calls on a Dask
+  cluster, as for :class:`fastmp.pool.Pool`.
 
 Everything else (``as_completed``, ``wait``, ``Future``, ``FIRST_COMPLETED``,
 ...) is the stdlib's, re-exported.

@@ -31,6 +31,15 @@ Same API and semantics as the stdlib's ``Pool``; what fastmp does differently:
   :class:`PoolTerminatedError` instead of leaving their ``get()`` blocked
   forever.
 
+* ``cluster=`` (keyword only; or the FASTMP_CLUSTER environment variable)
+  runs the tasks on a Dask distributed cluster instead of local processes:
+  a ``distributed.Client``, a cluster object or a scheduler address. See the
+  README's "Scaling out".
+
+The API, the result objects and the task bookkeeping are here; the workers
+are a backend (:mod:`fastmp._pool_backend`): local processes
+(:mod:`fastmp._pool_local`) or a Dask cluster (:mod:`fastmp._pool_dask`).
+
 ``ThreadPool`` is the stdlib's.
 """
 
