@@ -10,10 +10,10 @@ The bookkeeping side is a dict, ``backend.cache``: job id -> a *result sink*
 (an ``ApplyResult``, ``MapResult``, ``IMapIterator`` or an executor call) with
 three methods the backend calls, from its own thread:
 
-* ``_set(index, ok, value)``: the task (chunk ``index`` of the job) finished;
+* ``_set(chunk, ok, value)``: the task (chunk number ``chunk`` of the job) finished;
   ``value`` is its return value, or the exception it raised when ``ok`` is
   False (remote traceback as ``__cause__``);
-* ``_fail(index, exc)``: the pool itself failed that task (worker lost);
+* ``_fail(chunk, exc)``: the pool itself failed that task (worker lost);
 * ``_fail_pending(exc)``: every task of the job still pending failed
   (terminated, or lost without a trace).
 
@@ -69,10 +69,11 @@ CALL, MAP, STARMAP = 0, 1, 2
 
 class Task(NamedTuple):
     """One unit of work: ``func(*args, **kwds)`` (CALL), or ``func`` over the
-    items of chunk ``index`` (MAP / STARMAP; ``kwds`` is None)."""
+    items of chunk number ``chunk`` of the job (MAP / STARMAP; ``kwds`` is
+    None)."""
 
     job: int
-    index: int
+    chunk: int
     kind: int
     func: Any  # the function, or what backend.wire(func) returned
     args: Any
@@ -83,7 +84,7 @@ class Result(NamedTuple):
     """A task's outcome: ``ok`` and the value or the exception."""
 
     job: int
-    index: int
+    chunk: int
     ok: bool
     value: Any
 
@@ -324,6 +325,13 @@ def make_backend(
             f"maxtasksperchild / max_tasks_per_child is not supported by a {what} on a "
             "Dask cluster (its worker processes are shared and long-lived)"
         )
+    try:
+        import distributed  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"a {what} on a Dask cluster (cluster={cluster!r}, or FASTMP_CLUSTER) needs "
+            "Dask distributed: pip install 'fastmp[dask]'"
+        ) from e
     from ._pool_dask import DaskBackend
 
     return DaskBackend(cluster, processes, initializer, initargs)
