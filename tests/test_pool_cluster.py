@@ -61,8 +61,12 @@ def _no_leftovers(request):
         callspec is not None and callspec.params.get("backend") == "dask"
     ):
         client = request.getfixturevalue("dask_client")  # the session's cluster is no leak
-    # Tests that talk to Dask themselves are named test_dask_*.
+        request.session._fastmp_fixtures_seen = {"dask_client"}
+    # Tests that talk to Dask themselves are named test_dask_*. Once the
+    # session has a Dask client, its connection pool may open sockets at any
+    # time, during other tests too.
     dask = client is not None or request.node.name.startswith("test_dask_")
+    dask_session = dask or "dask_client" in getattr(request.session, "_fastmp_fixtures_seen", ())
     conftest._reap()
     gc.collect()
     kids0, fds0 = conftest._children(), conftest._fds()
@@ -84,13 +88,24 @@ def _no_leftovers(request):
             and t.is_alive()
             and not (dask and t.name.startswith(_DASK_THREADS))
         }
-        fds = {fd for fd in conftest._fds() - fds0 if not (dask and _is_dask_fd(fd))}
+        fds = {
+            fd
+            for fd in conftest._fds() - fds0
+            if not ((dask and _is_dask_fd(fd)) or (dask_session and _is_socket(fd)))
+        }
         if not (kids or threads or fds) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not kids, f"child processes left running: {kids}"
     assert not threads, f"threads left running: {sorted(t.name for t in threads)}"
     assert not fds, f"fds left open: {[conftest._describe_fd(fd) for fd in fds]}"
+
+
+def _is_socket(fd):
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    except OSError:
+        return True  # closed meanwhile
 
 
 def _is_dask_fd(fd):
