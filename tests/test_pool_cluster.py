@@ -416,13 +416,27 @@ SCRIPT = """
 import fastmp as multiprocessing
 import os
 
+OFFSET = 0
+
+def setup(offset):
+    global OFFSET
+    OFFSET = offset
+
 def work(x):
-    return x * x, os.getpid()
+    return x * x + OFFSET, os.getpid()
+
+class Point:
+    def __init__(self, x):
+        self.x = x
 
 if __name__ == "__main__":
-    with multiprocessing.Pool(4) as pool:
+    with multiprocessing.Pool(4, initializer=setup, initargs=(1000,)) as pool:
         results = pool.map(work, range(100))
-    assert [r for r, _ in results] == [x * x for x in range(100)]
+        assert [r for r, _ in pool.imap(work, range(5))] == [1000 + x * x for x in range(5)]
+        assert pool.apply(getattr, (Point(7), "x")) == 7
+    assert [r for r, _ in results] == [1000 + x * x for x in range(100)]
+    with multiprocessing.ProcessPoolExecutor() as ex:
+        assert [r for r, _ in ex.map(work, range(20), chunksize=6)] == [x * x for x in range(20)]
     print(os.getpid(), " ".join(str(p) for p in sorted({p for _, p in results})))
 """
 

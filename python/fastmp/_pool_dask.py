@@ -95,11 +95,17 @@ def _proxy_types():
     return (BaseProxy,)
 
 
+class _ByValue(Exception):
+    """Something from ``__main__`` inside: cloudpickle must carry it by value."""
+
+
 class _ShipPickler(pickle.Pickler):
     """Pickles a task's arguments for another machine: fastmp objects that
     live in this machine's shared memory raise TypeError naming them."""
 
     def reducer_override(self, obj):
+        if isinstance(obj, (types.FunctionType, type)) and obj.__module__ == "__main__":
+            raise _ByValue  # the workers do not have the script's __main__
         advice = _local_only(obj)
         if advice is not None:
             raise TypeError(
