@@ -369,10 +369,6 @@ class IMapUnorderedIterator(IMapIterator):
                 self._pool = None
 
 
-class _PoolCache(dict):
-    """job id -> pending result (a dict, as the stdlib's)."""
-
-
 # --- the pool ---------------------------------------------------------------------
 
 
