@@ -21,6 +21,10 @@ import fastmp
 
 SETTLE_SECONDS = 5.0
 
+# Tests choose their pool backend themselves (see test_pool_cluster.py): a
+# FASTMP_CLUSTER left in the environment must not move every Pool to a cluster.
+os.environ.pop("FASTMP_CLUSTER", None)
+
 
 def _children() -> set[int]:
     me = os.getpid()
