@@ -10,6 +10,7 @@ is tested on the cluster only.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import gc
 import itertools
 import os
@@ -454,13 +455,15 @@ def _descends_from(pid, ancestor):
     return False
 
 
-def test_dask_fastmp_cluster_env_with_real_scheduler_and_workers(tmp_path):
-    """A multiprocessing script (only its import line changed) runs
-    on `dask scheduler` / `dask worker` processes when FASTMP_CLUSTER is set."""
+@contextlib.contextmanager
+def real_dask(tmp_path, nworkers):
+    """Starts `dask scheduler` and `dask worker` processes on 127.0.0.1;
+    yields (scheduler address, scheduler Popen, worker Popen)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     env.pop("FASTMP_CLUSTER", None)
     sched_file = tmp_path / "scheduler.json"
     dask_cmd = [sys.executable, "-m", "dask"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = []
     try:
         procs.append(
@@ -469,20 +472,18 @@ def test_dask_fastmp_cluster_env_with_real_scheduler_and_workers(tmp_path):
                 + ["--no-dashboard", "--scheduler-file", str(sched_file)],
                 env=env,
                 cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                **quiet,
             )
         )
         procs.append(
             subprocess.Popen(
                 [*dask_cmd, "worker", "--scheduler-file", str(sched_file)]
-                + ["--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                + ["--nworkers", str(nworkers), "--nthreads", "1", "--no-dashboard"],
                 env=env,
                 cwd=tmp_path,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
                 start_new_session=True,
+                **quiet,
             )
         )
         import distributed
@@ -491,13 +492,9 @@ def test_dask_fastmp_cluster_env_with_real_scheduler_and_workers(tmp_path):
             assert procs[0].poll() is None, "dask scheduler exited"
             time.sleep(0.1)
         with distributed.Client(scheduler_file=str(sched_file), set_as_default=False) as c:
-            c.wait_for_workers(2)
+            c.wait_for_workers(nworkers)
             address = c.scheduler.address
-        out = run_script(SCRIPT, tmp_path, env={"FASTMP_CLUSTER": address}, timeout=90)
-        assert out.returncode == 0, out.stderr
-        script_pid, *task_pids = (int(p) for p in out.stdout.split())
-        assert task_pids and script_pid not in task_pids
-        assert all(_descends_from(p, procs[1].pid) for p in task_pids), (task_pids, procs[1].pid)
+        yield address, procs[0], procs[1]
     finally:
         for p in reversed(procs):
             try:
@@ -510,3 +507,33 @@ def test_dask_fastmp_cluster_env_with_real_scheduler_and_workers(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def test_dask_fastmp_cluster_env_with_real_scheduler_and_workers(tmp_path):
+    """A multiprocessing script (only its import line changed) runs on
+    `dask scheduler` / `dask worker` processes when FASTMP_CLUSTER is set."""
+    with real_dask(tmp_path, 2) as (address, _, worker):
+        out = run_script(SCRIPT, tmp_path, env={"FASTMP_CLUSTER": address}, timeout=90)
+        assert out.returncode == 0, out.stderr
+        script_pid, *task_pids = (int(p) for p in out.stdout.split())
+        assert task_pids and script_pid not in task_pids
+        assert all(_descends_from(p, worker.pid) for p in task_pids), (task_pids, worker.pid)
+
+
+def test_dask_scheduler_killed_fails_pending_results(tmp_path):
+    with real_dask(tmp_path, 1) as (address, scheduler, _):
+        pool = fastmp.Pool(cluster=address)
+        running = pool.apply_async(sleep_then, (1, 60))
+        while not running.ready() and not _dask_task_running(address):
+            time.sleep(0.05)
+        os.killpg(scheduler.pid, signal.SIGKILL)
+        with pytest.raises(WorkerLostError, match="connection to the Dask scheduler was lost"):
+            running.get(60)
+        pool.terminate()
+
+
+def _dask_task_running(address):
+    import distributed
+
+    with distributed.Client(address, set_as_default=False) as c:
+        return any(c.processing().values())

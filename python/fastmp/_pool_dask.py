@@ -274,6 +274,10 @@ def _probe(address):
         raise OSError(f"cannot reach the Dask scheduler at {address}: {e}") from None
 
 
+class _Cancelled(Exception):
+    pass
+
+
 class DaskBackend(Backend):
     """Runs tasks on a Dask distributed cluster."""
 
@@ -395,7 +399,10 @@ class DaskBackend(Backend):
         for fut in futures:
             if fut.status == "error":
                 messages.extend(self._lost(fut, fut.exception()))
-            # "cancelled": terminate() failed those already.
+            elif fut.status != "finished" and self.state != TERMINATE:
+                # Cancelled by someone else, or the scheduler connection was
+                # lost (terminate() fails its own cancellations itself).
+                messages.extend(self._lost(fut, _Cancelled(f"Dask task {fut.status}")))
         with self.cond:
             for fut in futures:
                 self.in_flight.pop(fut, None)
@@ -417,7 +424,12 @@ class DaskBackend(Backend):
         its result could not be fetched."""
         import distributed
 
-        if isinstance(exc, distributed.KilledWorker):
+        if isinstance(exc, _Cancelled):
+            error = WorkerLostError(
+                f"{exc}: the connection to the Dask scheduler was lost, or the task was "
+                "cancelled outside the pool"
+            )
+        elif isinstance(exc, distributed.KilledWorker):
             error = WorkerLostError(
                 f"Dask gave up on this task after its worker died while running it: {exc}"
             )
