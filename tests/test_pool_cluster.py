@@ -52,8 +52,9 @@ _DASK_THREADS = (
 
 @pytest.fixture(autouse=True)
 def _no_leftovers(request):
-    """conftest's leak check, except for what Dask keeps per process (its
-    event-loop and offload threads, its connection pool's sockets)."""
+    """conftest's leak check (processes, threads, fds, /dev/shm), except for
+    what Dask keeps per process (its event-loop and offload threads, its
+    connection pool's sockets, the session cluster's worker processes)."""
     import conftest
 
     callspec = getattr(request.node, "callspec", None)
@@ -70,7 +71,7 @@ def _no_leftovers(request):
     dask_session = dask or "dask_client" in getattr(request.session, "_fastmp_fixtures_seen", ())
     conftest._reap()
     gc.collect()
-    kids0, fds0 = conftest._children(), conftest._fds()
+    kids0, fds0, shm0 = conftest._children(), conftest._fds(), conftest._shm()
     threads0 = set(threading.enumerate())
     yield
     cluster_pids = set()
@@ -94,12 +95,16 @@ def _no_leftovers(request):
             for fd in conftest._fds() - fds0
             if not ((dask and _is_dask_fd(fd)) or (dask_session and _is_socket(fd)))
         }
-        if not (kids or threads or fds) or time.monotonic() > deadline:
+        # (a Nanny that restarts a worker makes stdlib queues: named semaphores
+        # that live as long as the session's cluster)
+        shm = {e for e in conftest._shm() - shm0 if not (dask and e.startswith("sem.mp-"))}
+        if not (kids or threads or fds or shm) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert not kids, f"child processes left running: {kids}"
     assert not threads, f"threads left running: {sorted(t.name for t in threads)}"
     assert not fds, f"fds left open: {[conftest._describe_fd(fd) for fd in fds]}"
+    assert not shm, f"/dev/shm entries left behind: {sorted(shm)}"
 
 
 def _is_socket(fd):
