@@ -237,6 +237,10 @@ class Backend:
         """Starts the workers and the backend's threads."""
         raise NotImplementedError
 
+    def imap_ahead(self):
+        """How many chunks an imap may send ahead of its consumer."""
+        return max(4 * self.size, 8)
+
     def wire(self, func):
         """What a Task carries for ``func`` (a backend may pickle it once)."""
         return func

@@ -312,6 +312,11 @@ class DaskBackend(Backend):
         )
         self.thread.start()
 
+    def imap_ahead(self):
+        # Each Dask task costs milliseconds: an imap (chunksize 1 by default)
+        # reads further ahead, so that its items travel in batches.
+        return max(4 * self.size, 8) * 32
+
     def wire(self, func):
         try:
             return self.wired[func]

@@ -632,7 +632,7 @@ class Pool:
             core.wire(func),
             iterable,
             chunksize,
-            max(4 * self._processes, 8),
+            core.imap_ahead(),
         )
         core.feeders.add(feeder)
         feeder.thread.start()
