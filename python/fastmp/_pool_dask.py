@@ -301,7 +301,10 @@ class DaskBackend(Backend):
         self.pending = collections.deque()  # shipped tasks waiting for a slot
         self.in_flight = {}  # Dask future -> its pool tasks' (job, index)
         self.cond = threading.Condition(self.lock)
-        self.completed = distributed.as_completed([], loop=self.client.loop, raise_errors=False)
+        # Results are fetched in Dask's event loop as each task finishes.
+        self.completed = distributed.as_completed(
+            [], loop=self.client.loop, with_results=True, raise_errors=False
+        )
         self.thread = None
         self.key_prefix = f"fastmp-pool-{self.token[:8]}"
         self.count = 0
@@ -345,7 +348,7 @@ class DaskBackend(Backend):
     def _dispatch(self):
         """Sends pending tasks while fewer than `size` Dask tasks are in flight
         (under self.lock)."""
-        while self.pending and len(self.in_flight) < self.size:
+        while self.pending and len(self.in_flight) < 2 * self.size:
             n = min(MAX_BATCH, -(-len(self.pending) // (2 * self.size)))
             batch = [self.pending.popleft() for _ in range(n)]
             self.count += 1
@@ -385,26 +388,38 @@ class DaskBackend(Backend):
                 futures = self.completed.next_batch(block=True)
             except StopIteration:
                 continue
-            self._collect(futures)
-
-    def _collect(self, futures):
-        messages = []
-        done = [f for f in futures if f.status == "finished"]
-        if done:
             try:
-                blobs = self.client.gather(done, errors="raise")
-            except Exception:  # noqa: BLE001  (gathered one by one below)
-                blobs = None
-            for k, fut in enumerate(done):
+                self._collect(futures)
+            except Exception as e:  # noqa: BLE001  (never leave results hanging)
+                import traceback
+
+                traceback.print_exc()
+                futures = [fut for fut, _ in futures]
+                for fut in futures:
+                    for msg in self._lost(fut, e):
+                        self.deliver(msg)
+                with self.cond:
+                    for fut in futures:
+                        self.in_flight.pop(fut, None)
+
+    def _collect(self, done):
+        """Handles finished Dask tasks: (future, its result or exception) pairs."""
+        messages = []
+        futures = []
+        for fut, result in done:
+            futures.append(fut)
+            if fut.status == "finished":
                 try:
-                    blob = blobs[k] if blobs is not None else fut.result()
-                    messages.extend(pickle.loads(blob))
+                    messages.extend(pickle.loads(result))
                 except Exception as e:  # noqa: BLE001
                     messages.extend(self._lost(fut, e))
-        for fut in futures:
-            if fut.status == "error":
-                messages.extend(self._lost(fut, fut.exception()))
-            elif fut.status != "finished" and self.state != TERMINATE:
+            elif fut.status == "error":
+                try:
+                    exc = fut.exception()  # (rare) the exception itself, not Dask's tuple
+                except Exception as e:  # noqa: BLE001
+                    exc = e
+                messages.extend(self._lost(fut, exc))
+            elif self.state != TERMINATE:
                 # Cancelled by someone else, or the scheduler connection was
                 # lost (terminate() fails its own cancellations itself).
                 messages.extend(self._lost(fut, _Cancelled(f"Dask task {fut.status}")))
