@@ -220,8 +220,10 @@ class Backend:
 
     size: int
     workers: list
-    # map() without a chunksize cuts its input into size * this many chunks.
+    # map() without a chunksize cuts its input into size * this many chunks,
+    # and submits them in groups of about this many items.
     chunks_per_worker = 4
+    map_batch_items = 1024
 
     def __init__(self):
         self.pid = os.getpid()

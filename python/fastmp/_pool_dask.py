@@ -200,7 +200,7 @@ def _function(blob, ns):
     return func
 
 
-def _run_batch(token, init_blob, batch):
+def _run_batch(batch, token, init_blob):
     """A Dask task: runs pool tasks ``(job, index, kind, function, arguments)``
     and returns their pickled results ``[(job, index, ok, value), ...]``."""
     try:
@@ -282,6 +282,7 @@ class DaskBackend(Backend):
     """Runs tasks on a Dask distributed cluster."""
 
     chunks_per_worker = 2
+    map_batch_items = 1 << 62  # a map's chunks reach the scheduler in one message
 
     def __init__(self, cluster, processes, initializer, initargs):
         super().__init__()
@@ -346,22 +347,29 @@ class DaskBackend(Backend):
             self._dispatch()
 
     def _dispatch(self):
-        """Sends pending tasks while fewer than `size` Dask tasks are in flight
-        (under self.lock)."""
-        while self.pending and len(self.in_flight) < 2 * self.size:
+        """Sends pending tasks while fewer than 2 x `size` Dask tasks are in
+        flight (under self.lock), all in one message to the scheduler."""
+        batches = []
+        room = 2 * self.size - len(self.in_flight)
+        while self.pending and len(batches) < room:
             n = min(MAX_BATCH, -(-len(self.pending) // (2 * self.size)))
-            batch = [self.pending.popleft() for _ in range(n)]
-            self.count += 1
-            fut = self.client.submit(
+            batches.append([self.pending.popleft() for _ in range(n)])
+        if batches:
+            keys = []
+            for _ in batches:
+                self.count += 1
+                keys.append(f"{self.key_prefix}-{self.count}")
+            futures = self.client.map(
                 _run_batch,
-                self.token,
-                self.init_blob,
-                batch,
-                key=f"{self.key_prefix}-{self.count}",
+                batches,
+                key=keys,
                 pure=False,
+                token=self.token,
+                init_blob=self.init_blob,
             )
-            self.in_flight[fut] = [(job, i) for job, i, _, _, _ in batch]
-            self.completed.add(fut)
+            for fut, batch in zip(futures, batches):
+                self.in_flight[fut] = [(job, i) for job, i, _, _, _ in batch]
+            self.completed.update(futures)
         self.cond.notify_all()
 
     def wake(self):

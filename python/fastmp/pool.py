@@ -586,8 +586,8 @@ class Pool:
             # its items: the workers iterate the same ints.
             items = iterable if type(iterable) in (list, tuple, range) else list(iterable)
             # Sent in small batches, so workers start on the first chunks while
-            # the rest are still being pickled.
-            per_batch = max(1, 1024 // chunksize)
+            # the rest are still being pickled (on a cluster: all at once).
+            per_batch = max(1, self._core.map_batch_items // chunksize)
             put_many = self._put_many
             try:
                 for first in range(0, len(items), chunksize * per_batch):
