@@ -95,7 +95,10 @@ def main():
     dask_ways = {"client.map", "client.get_executor()"}
     trivial_s = {name: [] for name in ways}  # seconds per item
     cpu_s = {name: [] for name in ways}
+    serial_s = []  # one cpu task in this process, measured every round
     for r in range(args.rounds):
+        dt, _ = _time(lambda: [cpu_bound(x) for x in cpu_items[:4]])
+        serial_s.append(dt / 4)
         order = list(ways) if r % 2 == 0 else list(reversed(ways))
         for name in order:
             run_trivial, run_cpu = ways[name]
@@ -108,8 +111,7 @@ def main():
             cpu_s[name].append(dt / len(cpu_items))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    serial, _ = _time(lambda: [cpu_bound(x) for x in cpu_items[:5]])
-    per_cpu_task = serial / 5
+    per_cpu_task = statistics.median(serial_s)
     print()
     print(
         f"LocalCluster(2 worker processes x 1 thread); trivial: {args.items:,} items "
