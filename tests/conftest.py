@@ -21,6 +21,10 @@ import fastmp
 
 SETTLE_SECONDS = 5.0
 
+# Tests choose their pool backend themselves (see test_pool_cluster.py): a
+# FASTMP_CLUSTER left in the environment must not move every Pool to a cluster.
+os.environ.pop("FASTMP_CLUSTER", None)
+
 
 def _children() -> set[int]:
     me = os.getpid()
@@ -148,3 +152,24 @@ def ctx(request):
 def fctx(request):
     """A fastmp context under each start method."""
     return fastmp.get_context(request.param)
+
+
+# --- a Dask cluster for the cluster backend of Pool / ProcessPoolExecutor ---
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """A client of a LocalCluster of 2 worker processes, 1 thread each. Dask
+    gives up on a task after 1 retry (the fault tests kill workers)."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        cluster = distributed.LocalCluster(
+            processes=True, n_workers=2, threads_per_worker=1, dashboard_address=":0"
+        )
+    client = distributed.Client(cluster, set_as_default=False)
+    client.wait_for_workers(2)
+    yield client
+    client.close()
+    cluster.close()

@@ -130,11 +130,20 @@ class _FastmpFactories:
 
         return Pipe(duplex)
 
-    def Pool(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None):
-        """Returns a process pool object (fastmp.pool.Pool)."""
+    def Pool(
+        self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, *, cluster=None
+    ):
+        """Returns a process pool object (fastmp.pool.Pool; ``cluster=``: on Dask)."""
         from .pool import Pool
 
-        return Pool(processes, initializer, initargs, maxtasksperchild, context=self.get_context())
+        return Pool(
+            processes,
+            initializer,
+            initargs,
+            maxtasksperchild,
+            context=self.get_context(),
+            cluster=cluster,
+        )
 
     # The manager's server process is started with the stdlib's context of the
     # same start method (it serves the stdlib's types too); its shared objects

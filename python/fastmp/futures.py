@@ -9,7 +9,9 @@ shared-memory transport as :class:`fastmp.pool.Pool`:
 * a worker that dies abruptly breaks the executor exactly as in the stdlib:
   pending and running futures fail with :class:`BrokenProcessPool`, and so does
   any later ``submit``;
-* ``mp_context`` defaults to fastmp's current context.
+* ``mp_context`` defaults to fastmp's current context;
+* ``cluster=`` (keyword only; or FASTMP_CLUSTER) runs the calls on a Dask
+  cluster, as for :class:`fastmp.pool.Pool`.
 
 Everything else (``as_completed``, ``wait``, ``Future``, ``FIRST_COMPLETED``,
 ...) is the stdlib's, re-exported.
@@ -36,15 +38,12 @@ from concurrent.futures import (  # noqa: F401
     as_completed,
     wait,
 )
-from concurrent.futures.process import (  # noqa: F401
-    BrokenProcessPool,
-    _chain_from_iterable_of_lists,
-    _get_chunks,
-)
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import util
 
 from . import context as _context
-from . import pool as _pool
+from ._pool_backend import CALL, make_backend
+from .pool import Pool as _Pool
 
 __all__ = [
     "ALL_COMPLETED",
@@ -93,7 +92,7 @@ class _Call:
                 fut.set_exception(value)
         except InvalidStateError:  # already failed by a broken pool
             pass
-        ex._core.cache.pop(self._job, None)
+        ex._backend.cache.pop(self._job, None)
 
     def _fail(self, i, exc):
         self._set(i, False, exc)
@@ -113,13 +112,10 @@ class ProcessPoolExecutor(_base.Executor):
         initargs=(),
         *,
         max_tasks_per_child=None,
+        cluster=None,
     ):
-        if max_workers is None:
-            self._max_workers = os.cpu_count() or 1
-        else:
-            if max_workers <= 0:
-                raise ValueError("max_workers must be greater than 0")
-            self._max_workers = max_workers
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
         if mp_context is None:
             if max_tasks_per_child is not None:
                 mp_context = _context._default_context.get_context("spawn")
@@ -142,11 +138,23 @@ class ProcessPoolExecutor(_base.Executor):
                     " supply a different mp_context."
                 )
         self._max_tasks_per_child = max_tasks_per_child
+        # A cluster is connected to now (an unreachable scheduler is an error
+        # here); local workers start with the first submit, as the stdlib's.
+        self._backend = make_backend(
+            cluster,
+            self._mp_context,
+            max_workers,
+            initializer,
+            initargs,
+            max_tasks_per_child,
+            _Pool.Process,
+            what="ProcessPoolExecutor",
+        )
+        self._max_workers = self._backend.size
+        self._started = False
         self._shutdown_thread = False
         self._shutdown_lock = threading.RLock()
         self._broken = False
-        self._core = None
-        self._threads = []
         self._pending = collections.deque()
         self._in_flight = 0
         self._window = self._max_workers + EXTRA_QUEUED_CALLS
@@ -156,53 +164,27 @@ class ProcessPoolExecutor(_base.Executor):
 
     # -- workers --
     def _start(self):
-        core = _pool._Core(
-            self._mp_context,
-            self._max_workers,
-            self._initializer,
-            self._initargs,
-            self._max_tasks_per_child,
-            _pool.Pool.Process,
-        )
-        try:
-            for idx in range(self._max_workers):
-                core.start_worker(idx)
-        except BaseException:
-            core.terminate((None, None))
-            raise
-        core.on_worker_lost = self._worker_lost
-        self._core = core
-        self._threads = [
-            threading.Thread(
-                target=core.handle_workers, daemon=True, name="fastmp-executor-workers"
-            ),
-            threading.Thread(
-                target=core.handle_results, daemon=True, name="fastmp-executor-results"
-            ),
-        ]
-        for t in self._threads:
-            t.start()
-        self._finalizer = util.Finalize(
-            self, core.terminate, args=(self._threads,), exitpriority=15
-        )
+        backend = self._backend
+        backend.on_worker_lost = self._worker_lost
+        backend.start()
+        self._started = True
+        self._finalizer = util.Finalize(self, backend.terminate, exitpriority=15)
 
     def _dispatch(self):
         """Sends pending calls while the window has room (under _shutdown_lock)."""
-        core = self._core
+        backend = self._backend
         while self._in_flight < self._window and self._pending:
             call = self._pending.popleft()
             if not call.future.set_running_or_notify_cancel():
                 continue
             job = next(self._jobs)
             call._job = job
-            core.cache[job] = call
+            backend.cache[job] = call
             self._in_flight += 1
             try:
-                core.inqueue.put(
-                    (job, 0, _pool._CALL, core.wire_function(call.fn), call.args, call.kwargs)
-                )
+                backend.submit((job, 0, CALL, backend.wire(call.fn), call.args, call.kwargs))
             except BaseException as e:
-                core.cache.pop(job, None)
+                backend.cache.pop(job, None)
                 self._in_flight -= 1
                 call.future.set_exception(e)
             call.fn = call.args = call.kwargs = None
@@ -214,7 +196,7 @@ class ProcessPoolExecutor(_base.Executor):
                 self._dispatch()
 
     def _worker_lost(self, exc):
-        """Called by the pool core when a worker died mid-task: the stdlib
+        """Called by the backend when a worker died mid-task: the stdlib
         marks the whole executor broken, and so do we."""
         with self._shutdown_lock:
             if self._broken:
@@ -231,18 +213,16 @@ class ProcessPoolExecutor(_base.Executor):
             for call in pending:
                 if call.future.set_running_or_notify_cancel():
                     call.future.set_exception(err)
-            for call in list(self._core.cache.values()):
+            for call in list(self._backend.cache.values()):
                 try:
                     call.future.set_exception(err)
                 except InvalidStateError:
                     pass
-            self._core.cache.clear()
+            self._backend.cache.clear()
             self._in_flight = 0
-        # The core's worker thread holds its lock here: stop the pool from
-        # another thread.
-        core, threads = self._core, self._threads
+        # The backend's thread holds its lock here: stop it from another thread.
         finisher = threading.Thread(
-            target=core.terminate, args=(threads,), daemon=True, name="fastmp-executor-terminate"
+            target=self._backend.terminate, daemon=True, name="fastmp-executor-terminate"
         )
         finisher.start()
         self._finisher = finisher
@@ -254,9 +234,9 @@ class ProcessPoolExecutor(_base.Executor):
                 raise BrokenProcessPool(self._broken)
             if self._shutdown_thread:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            if self._core is None:
+            if not self._started:
                 self._start()
-            elif os.getpid() != self._core.pid:
+            elif os.getpid() != self._backend.pid:
                 raise NotImplementedError(
                     "a ProcessPoolExecutor can only be used by the process that created it"
                 )
@@ -273,10 +253,8 @@ class ProcessPoolExecutor(_base.Executor):
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
             return super().map(fn, *iterables, timeout=timeout)
-        results = super().map(
-            _ChunkRunner(fn), _get_chunks(*iterables, chunksize=chunksize), timeout=timeout
-        )
-        return _chain_from_iterable_of_lists(results)
+        results = super().map(_ChunkRunner(fn), _chunks(iterables, chunksize), timeout=timeout)
+        return _flatten(results)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         with self._shutdown_lock:
@@ -285,21 +263,21 @@ class ProcessPoolExecutor(_base.Executor):
                 pending, self._pending = list(self._pending), collections.deque()
                 for call in pending:
                     call.future.cancel()
-            core = self._core
-            if core is not None and not self._broken:
-                core.close()
-        if core is None:
-            return
+            backend = self._backend
+            if not self._started:
+                backend.terminate()  # nothing ran; a cluster client is closed
+                return
+            if not self._broken:
+                backend.close()
         if self._finalizer is not None:
             self._finalizer.cancel()
         if wait:
-            core.finish(self._threads)
+            backend.join()
             if self._finisher is not None:
                 self._finisher.join()
         elif self._finisher is None:
             finisher = threading.Thread(
-                target=core.finish,
-                args=(self._threads,),
+                target=backend.join,
                 daemon=True,
                 name="fastmp-executor-shutdown",
             )
@@ -323,3 +301,22 @@ class _ChunkRunner:
 
     def __reduce__(self):
         return (_ChunkRunner, (self.fn,))
+
+
+def _chunks(iterables, chunksize):
+    """Tuples of up to chunksize argument tuples, read lazily from the zip."""
+    it = zip(*iterables)
+    while True:
+        chunk = tuple(itertools.islice(it, chunksize))
+        if not chunk:
+            return
+        yield chunk
+
+
+def _flatten(results):
+    """The items of each result list, in order; a generator that drops its
+    pending futures when abandoned, as the stdlib's."""
+    for result in results:
+        result.reverse()
+        while result:
+            yield result.pop()
