@@ -619,6 +619,8 @@ void register_sync(py::module_& m) {
 
     m.def("_sync_drop_all_refs", &sync_drop_all_refs,
           "Drops this process's references to shared sync objects (at exit of a child).");
+    m.def("_sync_test_pause_child_after_fork", &sync_test_pause_child_after_fork, py::arg("fd"),
+          "Test hook: the next forked child waits in its fork handler for a byte on fd (-1: off).");
 
     py::class_<py_condvar>(m, "CondVar", "A Condition's shared waiter table (mechanism only).")
         .def(py::init<int, std::uint64_t, std::uint32_t>(), py::arg("fd") = -1, py::arg("arena_id") = 0,

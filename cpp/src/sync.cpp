@@ -168,9 +168,17 @@ registry& reg() {
     return *r;
 }
 
+int test_pause_fd = -1;  // see sync_test_pause_child_after_fork
+
 // A forked child uses every handle it inherited, so it takes a reference for
 // each: the parent dropping its own must not free a slot the child still uses.
 void take_refs_in_child() {
+    if (test_pause_fd >= 0) {
+        char c;
+        while (::read(test_pause_fd, &c, 1) < 0 && errno == EINTR) {
+        }
+        test_pause_fd = -1;
+    }
     registry& r = reg();
     new (&r.mu) std::mutex();  // another thread may have held them at fork time
     new (&r.refs_mu) std::mutex();
@@ -205,6 +213,8 @@ sync_ref::~sync_ref() {
     }
     if (s_->owner != 0 && s_->owner == current_pid()) s_->arena->drop_ref(s_->index);
 }
+
+void sync_test_pause_child_after_fork(int fd) noexcept { test_pause_fd = fd; }
 
 void sync_drop_all_refs() noexcept {
     registry& r = reg();

@@ -115,6 +115,11 @@ private:
 // Drops every reference this process holds (at normal exit of a child).
 void sync_drop_all_refs() noexcept;
 
+// Test hook: the next forked child blocks in its fork handler until one byte
+// can be read from `fd` (-1 turns it off), so a test can act in the parent
+// while the child is known not to have run yet.
+void sync_test_pause_child_after_fork(int fd) noexcept;
+
 // The process-wide arena table: allocation, and attaching arenas received
 // from other processes (each arena is mapped once per process).
 // `fd` is consumed: adopted, or closed when the arena is mapped already.
