@@ -170,9 +170,30 @@ registry& reg() {
 
 int test_pause_fd = -1;  // see sync_test_pause_child_after_fork
 
-// A forked child uses every handle it inherited, so it takes a reference for
-// each: the parent dropping its own must not free a slot the child still uses.
-void take_refs_in_child() {
+// A forked child uses every handle it inherited, so it owns a reference for
+// each, and that reference must exist before the child does: the parent may
+// drop its own handle the moment fork() returns (the stdlib's Process.start()
+// deletes its arguments right away), before the child has run at all. So the
+// *prepare* handler takes the child's references, with both registry mutexes
+// held until fork() is done, and the child handler only records that its
+// handles now own them. The parent keeps its own references as they were.
+// (If fork() itself fails, the references taken for the child that never
+// was stay counted: those slots are only reused once the arena is gone.)
+void take_refs_for_child() {
+    registry& r = reg();
+    r.mu.lock();
+    r.refs_mu.lock();
+    for (sync_ref::state* s : r.refs)
+        if (s->owner != 0) s->arena->add_ref(s->index);
+}
+
+void parent_after_fork() {
+    registry& r = reg();
+    r.refs_mu.unlock();
+    r.mu.unlock();
+}
+
+void child_after_fork() {
     if (test_pause_fd >= 0) {
         char c;
         while (::read(test_pause_fd, &c, 1) < 0 && errno == EINTR) {
@@ -180,19 +201,16 @@ void take_refs_in_child() {
         test_pause_fd = -1;
     }
     registry& r = reg();
-    new (&r.mu) std::mutex();  // another thread may have held them at fork time
-    new (&r.refs_mu) std::mutex();
     // Not current_pid(): its own fork handler may not have run yet.
     pid_t me = ::getpid();
-    for (sync_ref::state* s : r.refs) {
-        if (s->owner == 0) continue;
-        s->arena->add_ref(s->index);
-        s->owner = me;
-    }
+    for (sync_ref::state* s : r.refs)
+        if (s->owner != 0) s->owner = me;
+    r.refs_mu.unlock();  // locked by this very thread in take_refs_for_child
+    r.mu.unlock();
 }
 
 struct fork_hook {
-    fork_hook() { ::pthread_atfork(nullptr, nullptr, take_refs_in_child); }
+    fork_hook() { ::pthread_atfork(take_refs_for_child, parent_after_fork, child_after_fork); }
 } fork_hook_instance;
 
 }  // namespace

@@ -10,8 +10,9 @@
 // - Who creates, who frees: a process allocates from an arena it created
 //   itself (a forked child makes its own, so its objects die with it). Every
 //   process that holds a handle on an object owns one reference in the
-//   arena's per-slot table (the creator's, and one per rebuild under spawn or
-//   forkserver); a forked child's inherited handles own none. The last
+//   arena's per-slot table (the creator's, one per rebuild under spawn or
+//   forkserver, and one per inherited handle in a forked child, taken by the
+//   fork's prepare handler, before the child exists). The last
 //   reference returns the slots. A process killed by SIGKILL never drops its
 //   references: its slots stay used until the arena itself is gone, which
 //   happens when the last process that mapped it exits (memfd, no name: nothing
@@ -89,8 +90,8 @@ private:
 
 // A counted reference from this process to an object in an arena. Every
 // process that uses the object owns one: the creator, each rebuild under
-// spawn/forkserver, and each forked child (taken for every live handle right
-// after fork). It is dropped when the handle dies in the process that took it,
+// spawn/forkserver, and each forked child (taken for every live handle just
+// before fork, so the parent cannot free a slot the child has not reached yet). It is dropped when the handle dies in the process that took it,
 // or all at once by sync_drop_all_refs() when the process exits normally.
 class sync_ref {
 public:
