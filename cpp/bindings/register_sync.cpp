@@ -117,15 +117,20 @@ PyObject* semlock_acquire_slow(semlock_object* s, PyObject* block_obj, PyObject*
             ok = run_blocking(
                 block, dl, [&] { return l.ticket(); },
                 [&] { return waited ? l.try_acquire_after_wait() : l.try_acquire(); },
-                [&](std::uint32_t t, clock::duration slice) {
+                [&](std::uint64_t t, clock::duration slice) {
                     waited = true;
                     return l.wait(t, slice);
                 });
         } else {
             shm_semaphore& m = *s->sem;
+            bool waited = false;
             ok = run_blocking(
-                block, dl, [&] { return m.ticket(); }, [&] { return m.try_acquire(); },
-                [&](std::uint32_t t, clock::duration slice) { return m.wait(t, slice); });
+                block, dl, [&] { return m.ticket(); },
+                [&] { return waited ? m.try_acquire_after_wait() : m.try_acquire(); },
+                [&](std::uint32_t t, clock::duration slice) {
+                    waited = true;
+                    return m.wait(t, slice);
+                });
         }
         return Py_NewRef(ok ? Py_True : Py_False);
     } catch (...) {
@@ -207,6 +212,19 @@ PyObject* semlock_handle(PyObject* self, PyObject*) {
     semlock_object* s = as_semlock(self);
     if (!semlock_ready(s)) return nullptr;
     return handle_tuple(s->lock ? s->lock->ref() : s->sem->ref());
+}
+
+PyObject* semlock_sleepers(PyObject* self, PyObject*) {
+    semlock_object* s = as_semlock(self);
+    if (!semlock_ready(s)) return nullptr;
+    return PyBool_FromLong(s->lock ? s->lock->sleepers() : s->sem->sleepers());
+}
+
+PyObject* semlock_recover(PyObject* self, PyObject*) {
+    semlock_object* s = as_semlock(self);
+    if (!semlock_ready(s)) return nullptr;
+    return PyLong_FromUnsignedLong(s->lock ? (s->lock->recover_dead_holder() ? 1 : 0)
+                                           : s->sem->recover_dead_holders());
 }
 
 PyObject* semlock_holder_pid(PyObject* self, PyObject*) {
@@ -371,6 +389,8 @@ PyMethodDef semlock_methods[] = {
     {"_after_fork", semlock_after_fork, METH_NOARGS, "Nothing to do (ownership lives in shared memory)."},
     {"_handle", semlock_handle, METH_NOARGS, "(arena fd, arena id, slot) for passing to a child."},
     {"_holder_pid", semlock_holder_pid, METH_NOARGS, "Pid holding a Lock/RLock (0 if free)."},
+    {"_sleepers", semlock_sleepers, METH_NOARGS, "Whether the sleepers bit is set (someone may be asleep)."},
+    {"_recover", semlock_recover, METH_NOARGS, "Recovers from dead holders now; -> units (or 1 for a lock) returned."},
     {"_attach", semlock_attach, METH_VARARGS | METH_CLASS, "Rebuilds a handle received from another process."},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -458,6 +478,12 @@ PyObject* event_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, Py
     }
 }
 
+PyObject* event_sleepers(PyObject* self, PyObject*) {
+    shm_event* e = event_of(self);
+    if (!e) return nullptr;
+    return PyBool_FromLong(e->sleepers());
+}
+
 PyObject* event_handle(PyObject* self, PyObject*) {
     shm_event* e = event_of(self);
     if (!e) return nullptr;
@@ -514,6 +540,7 @@ PyMethodDef event_methods[] = {
     {"wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(event_wait)), METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> bool: the flag's value on return."},
     {"_handle", event_handle, METH_NOARGS, "(arena fd, arena id, slot) for passing to a child."},
+    {"_sleepers", event_sleepers, METH_NOARGS, "Whether the sleepers bit is set (someone may be asleep)."},
     {"_attach", event_attach, METH_VARARGS | METH_CLASS, "Rebuilds a handle received from another process."},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -619,6 +646,10 @@ void register_sync(py::module_& m) {
 
     m.def("_sync_drop_all_refs", &sync_drop_all_refs,
           "Drops this process's references to shared sync objects (at exit of a child).");
+    m.def(
+        "_sync_test_stop_at",
+        [](py::object point) { sync_test_stop_at(point.is_none() ? nullptr : point.cast<std::string>().c_str()); },
+        py::arg("point"), "Test hook: stop this process (SIGSTOP) at a named point of the sync core (None: off).");
     m.def("_sync_test_pause_child_after_fork", &sync_test_pause_child_after_fork, py::arg("fd"),
           "Test hook: the next forked child waits in its fork handler for a byte on fd (-1: off).");
 
