@@ -39,8 +39,15 @@ export PYTHONPATH="$work/src/python"
 export PYTHONMALLOC=malloc  # let ASan see object buffers, not pymalloc arenas
 
 cd "$work/src/tests"
+# The tests must run the sanitized build, not an installed one.
+"$py" - "$work/src/python" <<'PY'
+import sys
+import fastmp._fastmp as m
+assert m.__file__.startswith(sys.argv[1]), m.__file__
+assert "libasan" in open("/proc/self/maps").read(), "ASan runtime not loaded"
+PY
 status=0
-"$py" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 300 \
+time "$py" -m pytest -q -p no:cacheprovider -o addopts="" --timeout 300 \
   test_sync.py test_sync_robust.py test_sharedctypes.py test_queue.py test_connection.py "$@" || status=$?
 
 if compgen -G "$work/logs/*" >/dev/null; then

@@ -16,14 +16,14 @@
 #include <pybind11/pybind11.h>
 #include <structmember.h>
 
+#include "common.hpp"
+
 #include <bit>
 #include <cstddef>
 #include <cstring>
 #include <vector>
 
 namespace fastmp::py_bind {
-
-namespace py = pybind11;
 
 namespace {
 
@@ -65,19 +65,19 @@ void locked_dealloc(PyObject* self) {
 }
 
 // _bind(obj, acquire, release): set once by the Python wrapper's __init__.
-PyObject* locked_bind(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_bind(obj, acquire, release) takes 3 arguments");
-        return nullptr;
-    }
-    auto* s = reinterpret_cast<locked*>(self);
-    Py_INCREF(args[0]);
-    Py_INCREF(args[1]);
-    Py_INCREF(args[2]);
-    Py_XSETREF(s->obj, args[0]);
-    Py_XSETREF(s->acquire, args[1]);
-    Py_XSETREF(s->release, args[2]);
-    Py_RETURN_NONE;
+PyObject* locked_bind(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        PyObject* a[3] = {nullptr, nullptr, nullptr};
+        parse_fast_args("_bind", args, nargs, kwnames, {"obj", "acquire", "release"}, 3, a);
+        auto* s = reinterpret_cast<locked*>(self);
+        Py_INCREF(a[0]);
+        Py_INCREF(a[1]);
+        Py_INCREF(a[2]);
+        Py_XSETREF(s->obj, a[0]);
+        Py_XSETREF(s->acquire, a[1]);
+        Py_XSETREF(s->release, a[2]);
+        Py_RETURN_NONE;
+    });
 }
 
 bool check_bound(locked* s) {
@@ -239,7 +239,7 @@ Py_ssize_t array_length(PyObject* self) {
 }
 
 PyMethodDef locked_methods[] = {
-    {"_bind", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(locked_bind)), METH_FASTCALL,
+    {"_bind", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(locked_bind)), METH_FASTCALL | METH_KEYWORDS,
      "_bind(obj, acquire, release): what this wrapper guards, and with which lock."},
     {nullptr, nullptr, 0, nullptr},
 };

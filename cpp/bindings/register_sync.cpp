@@ -24,66 +24,25 @@ constexpr int recursive_mutex_kind = 0;
 constexpr int semaphore_kind = 1;
 constexpr long sem_value_max = 0x7fffffff;
 
-// Turns the C++ exception in flight into a Python one; returns nullptr.
-PyObject* raise_current() noexcept {
-    try {
-        throw;
-    } catch (py::error_already_set& e) {
-        e.restore();
-    } catch (const sys_error& e) {
-        PyObject* err = PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what());
-        if (err) {
-            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err)), err);
-            Py_DECREF(err);
-        }
-    } catch (const std::bad_alloc&) {
-        PyErr_NoMemory();
-    } catch (const std::exception& e) {
-        PyErr_SetString(PyExc_OSError, e.what());
-    }
-    return nullptr;
-}
-
 PyObject* handle_tuple(const sync_ref& r) {
     return Py_BuildValue("(iKI)", r.arena()->fd(), static_cast<unsigned long long>(r.arena()->id()), r.index());
 }
 
-// Parses (block=True, timeout=None) the way the stdlib's SemLock.acquire does.
+// (block=True, timeout=None), or (timeout=None) for Event.wait, with the
+// stdlib's messages; false with a Python error set.
 bool parse_block_timeout(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
                          PyObject** block, PyObject** timeout, bool with_block = true) {
-    PyObject* slots[2] = {Py_True, Py_None};
-    const char* names[2] = {"block", "timeout"};
-    int first = with_block ? 0 : 1;
-    Py_ssize_t max = with_block ? 2 : 1;
-    if (nargs > max) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname, max,
-                     max == 1 ? "" : "s", nargs);
-        return false;
-    }
-    for (Py_ssize_t i = 0; i < nargs; ++i) slots[first + i] = args[i];
-    if (kwnames) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t k = 0; k < nk; ++k) {
-            const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            if (!key) return false;
-            int which = -1;
-            for (int j = first; j < 2; ++j)
-                if (std::strcmp(key, names[j]) == 0) which = j;
-            if (which < 0) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", fname, key);
-                return false;
-            }
-            if (which - first < nargs) {
-                PyErr_Format(PyExc_TypeError, "argument for %s() given by name ('%s') and position (%d)", fname,
-                             key, which - first + 1);
-                return false;
-            }
-            slots[which] = args[nargs + k];
-        }
-    }
-    *block = slots[0];
-    *timeout = slots[1];
-    return true;
+    PyObject* out[2] = {Py_True, Py_None};
+    PyObject* err = guarded([&]() -> PyObject* {
+        if (with_block)
+            parse_fast_args(fname, args, nargs, kwnames, {"block", "timeout"}, 0, out, true);
+        else
+            parse_fast_args(fname, args, nargs, kwnames, {"timeout"}, 0, out + 1);
+        return Py_None;
+    });
+    *block = out[0];
+    *timeout = out[1];
+    return err != nullptr;
 }
 
 // ---------------------------------------------------------------- SemLock
@@ -106,7 +65,7 @@ bool semlock_ready(semlock_object* s) {
 
 // acquire with the GIL released only while sleeping.
 PyObject* semlock_acquire_slow(semlock_object* s, PyObject* block_obj, PyObject* timeout_obj) {
-    try {
+    return guarded([&]() -> PyObject* {
         int block = PyObject_IsTrue(block_obj);
         if (block < 0) return nullptr;
         deadline dl = block ? parse_timeout(timeout_obj) : deadline();
@@ -133,9 +92,7 @@ PyObject* semlock_acquire_slow(semlock_object* s, PyObject* block_obj, PyObject*
                 });
         }
         return Py_NewRef(ok ? Py_True : Py_False);
-    } catch (...) {
-        return raise_current();
-    }
+    });
 }
 
 PyObject* semlock_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -246,16 +203,11 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
         return -1;
     }
     if (value < 0 || value > sem_value_max || maxvalue < 0 || maxvalue > sem_value_max) {
-        PyObject* err = PyObject_CallFunction(PyExc_OSError, "is", EINVAL,
-                                              "semaphore value must be between 0 and SEM_VALUE_MAX");
-        if (err) {
-            PyErr_SetObject(PyExc_OSError, err);
-            Py_DECREF(err);
-        }
+        set_os_error(sys_error(EINVAL, "semaphore value must be between 0 and SEM_VALUE_MAX"));
         return -1;
     }
     bool single = kind == recursive_mutex_kind || (value == 1 && maxvalue == 1);
-    try {
+    PyObject* made = guarded([&]() -> PyObject* {
         if (arena_id != 0) {  // attach (fd is -1 when the arena came with an earlier object)
             sync_ref ref = sync_attach(fd, arena_id, index);
             // What the creator made (a lock or a semaphore) is in the shared
@@ -271,10 +223,9 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
             s->sem = new shm_semaphore(
                 shm_semaphore::create(static_cast<std::uint32_t>(value), static_cast<std::uint32_t>(maxvalue)));
         }
-    } catch (...) {
-        raise_current();
-        return -1;
-    }
+        return Py_None;
+    });
+    if (!made) return -1;
     s->kind = kind;
     s->maxvalue = maxvalue;
     return 0;
@@ -466,16 +417,14 @@ PyObject* event_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, Py
     if (!e) return nullptr;
     if (e->is_set()) Py_RETURN_TRUE;
     PyObject *block, *timeout;
-    if (!parse_block_timeout("wait", args, nargs, kwnames, &block, &timeout, false)) return nullptr;
-    try {
+    if (!parse_block_timeout("Event.wait", args, nargs, kwnames, &block, &timeout, false)) return nullptr;
+    return guarded([&]() -> PyObject* {
         deadline dl = parse_timeout(timeout);
         bool ok = run_blocking(
             true, dl, [&] { return e->ticket(); }, [&] { return e->is_set(); },
             [&](std::uint32_t t, clock::duration slice) { return e->wait(t, slice); });
         return Py_NewRef(ok ? Py_True : Py_False);
-    } catch (...) {
-        return raise_current();
-    }
+    });
 }
 
 PyObject* event_sleepers(PyObject* self, PyObject*) {
@@ -497,13 +446,12 @@ int event_init(PyObject* self, PyObject* args, PyObject* kwds) {
         PyErr_SetString(PyExc_RuntimeError, "Event is initialised already");
         return -1;
     }
-    try {
-        o->ev = new shm_event(shm_event::create());
-    } catch (...) {
-        raise_current();
-        return -1;
-    }
-    return 0;
+    return guarded([&]() -> PyObject* {
+               o->ev = new shm_event(shm_event::create());
+               return Py_None;
+           }) != nullptr
+               ? 0
+               : -1;
 }
 
 PyObject* event_attach(PyObject* cls, PyObject* args) {
@@ -514,11 +462,13 @@ PyObject* event_attach(PyObject* cls, PyObject* args) {
     auto* tp = reinterpret_cast<PyTypeObject*>(cls);
     PyObject* obj = tp->tp_alloc(tp, 0);
     if (!obj) return nullptr;
-    try {
-        reinterpret_cast<event_object*>(obj)->ev = new shm_event(shm_event::attach(sync_attach(fd, arena_id, index)));
-    } catch (...) {
+    if (!guarded([&]() -> PyObject* {
+            reinterpret_cast<event_object*>(obj)->ev =
+                new shm_event(shm_event::attach(sync_attach(fd, arena_id, index)));
+            return Py_None;
+        })) {
         Py_DECREF(obj);
-        return raise_current();
+        return nullptr;
     }
     return obj;
 }
