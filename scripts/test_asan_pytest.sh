@@ -13,17 +13,16 @@ cd "$(dirname "$0")/.."
 root=$PWD
 work=${FASTMP_ASAN_DIR:-$root/build/asan-pytest}
 py=${PYTHON:-python}
-mkdir -p "$work/src" "$work/logs"
+mkdir -p "$work/logs"
 rm -f "$work"/logs/*
 
-# A copy, so the in-place extension never lands in the real source tree;
-# mtimes are kept, so an unchanged file is not rebuilt.
-for d in cpp python tests; do
-  mkdir -p "$work/src/$d"
-  cp -a --update "$root/$d/." "$work/src/$d/"
-done
-cp -a --update "$root/CMakeLists.txt" "$root/pyproject.toml" "$work/src/"
-rm -f "$work"/src/python/fastmp/_fastmp*.so.tmp
+# A fresh copy, so the in-place extension never lands in the real source tree
+# (and deleted files are gone); cp -a keeps mtimes, so the reused build dir
+# only recompiles what changed.
+rm -rf "$work/src"
+mkdir -p "$work/src"
+cp -a "$root/cpp" "$root/python" "$root/tests" "$root/CMakeLists.txt" "$root/pyproject.toml" "$work/src/"
+rm -f "$work"/src/python/fastmp/_fastmp*.so
 
 cmake -S "$work/src" -B "$work/build" -DFASTMP_INPLACE=ON -DFASTMP_SANITIZE=address,undefined \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE="$(command -v "$py")" >/dev/null
