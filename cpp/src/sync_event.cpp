@@ -1,6 +1,8 @@
 // Event (see sync.hpp).
 #include <fastmp/sync.hpp>
 
+#include <algorithm>
+
 #include "sync_layout.hpp"
 
 namespace fastmp {
@@ -36,20 +38,22 @@ wait_result shm_event::wait(std::uint32_t ticket, clock::duration slice) noexcep
     // or a peer that takes long), the spin fails, and each failure halves
     // the next spin (down to none), so we do not burn the time slice the
     // setter may be waiting for. A spin that succeeds grows it back.
-    if (spin_budget_ > 0) {
-        const auto spin_until = clock::now() + std::chrono::nanoseconds(spin_budget_);
+    // The budget is a per-handle heuristic that threads sharing the handle may race on: atomic, relaxed.
+    auto budget = atomic(spin_budget_);
+    std::int64_t spin = budget.load(std::memory_order_relaxed);
+    if (spin > 0) {
+        const auto spin_until = clock::now() + std::chrono::nanoseconds(spin);
         do {
             for (int i = 0; i < 32; ++i) {
                 if (atomic(layout_->flag).load(std::memory_order_relaxed) & set_bit) {
-                    spin_budget_ = std::min(spin_budget_ * 2 + 250, max_spin_ns);
+                    budget.store(std::min(spin * 2 + 250, max_spin_ns), std::memory_order_relaxed);
                     return wait_result::woken;
                 }
                 cpu_relax();
             }
         } while (clock::now() < spin_until);
     }
-    spin_budget_ /= 2;
-    if (spin_budget_ < 100) spin_budget_ = 0;
+    budget.store(spin / 2 < 100 ? 0 : spin / 2, std::memory_order_relaxed);
     ticket = atomic(layout_->flag).load();
     if (ticket & set_bit) return wait_result::woken;
     if (!(ticket & sleepers_bit)) {
@@ -59,7 +63,8 @@ wait_result shm_event::wait(std::uint32_t ticket, clock::duration slice) noexcep
     wait_result r = futex_wait(&layout_->flag, ticket, slice);
     // Woken by a set while we slept: the setter was running after all, so a
     // spin next time may succeed. Try a short one again.
-    if (r == wait_result::woken && spin_budget_ == 0) spin_budget_ = 500;
+    if (r == wait_result::woken && budget.load(std::memory_order_relaxed) == 0)
+        budget.store(500, std::memory_order_relaxed);
     return r;
 }
 

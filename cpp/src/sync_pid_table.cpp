@@ -8,11 +8,15 @@
 
 namespace fastmp {
 
-pid_slot* pid_table::claim(std::uint64_t id, std::uint32_t& hint, bool take_over) noexcept {
-    if (hint < n_ && atomic(slots_[hint].id).load(std::memory_order_relaxed) == id) return &slots_[hint];
+pid_slot* pid_table::claim(std::uint64_t id, std::uint32_t& hint_ref, bool take_over) noexcept {
+    // The hint is a per-handle cache that threads sharing the handle may race on: harmless, but atomic.
+    auto hint_cache = atomic(hint_ref);
+    std::uint32_t h = hint_cache.load(std::memory_order_relaxed);
+    if (h < n_ && atomic(slots_[h].id).load(std::memory_order_relaxed) == id) return &slots_[h];
+    auto remember = [&](std::uint32_t i) { hint_cache.store(i, std::memory_order_relaxed); };
     for (std::uint32_t i = 0; i < n_; ++i) {
         if (atomic(slots_[i].id).load(std::memory_order_relaxed) == id) {
-            hint = i;
+            remember(i);
             return &slots_[i];
         }
     }
@@ -20,7 +24,7 @@ pid_slot* pid_table::claim(std::uint64_t id, std::uint32_t& hint, bool take_over
         std::uint64_t expected = 0;
         if (atomic(slots_[i].id).load(std::memory_order_relaxed) == 0 &&
             atomic(slots_[i].id).compare_exchange_strong(expected, id)) {
-            hint = i;
+            remember(i);
             return &slots_[i];
         }
     }
@@ -31,7 +35,7 @@ pid_slot* pid_table::claim(std::uint64_t id, std::uint32_t& hint, bool take_over
         std::uint64_t old = atomic(slots_[i].id).load();
         if (old == 0 || atomic(slots_[i].count).load() != 0 || id_alive(old)) continue;
         if (atomic(slots_[i].id).compare_exchange_strong(old, id)) {
-            hint = i;
+            remember(i);
             return &slots_[i];
         }
     }
