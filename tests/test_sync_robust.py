@@ -283,8 +283,8 @@ def _take_and_hang_barrier(barrier):
 
 
 def _blocked_until_sigint(kind, obj, about_to_block, q):
-    about_to_block.set()
     try:
+        about_to_block.set()
         if kind in ("Lock", "RLock", "Semaphore"):
             obj.acquire()
         elif kind == "Event":
@@ -315,7 +315,17 @@ def test_sigint_interrupts_blocked_wait(kctx, kind):
     p = kctx.Process(target=_blocked_until_sigint, args=(kind, obj, about, q))
     p.start()
     assert about.wait(30)
-    time.sleep(0.3)  # let it block
+
+    def blocked():  # asleep inside the wait, not merely on its way there
+        if kind == "Condition":
+            inside = obj._cv._waiting == 1
+        elif kind == "Barrier":
+            inside = obj.n_waiting == 1
+        else:
+            inside = obj._sleepers()
+        return inside and _proc_state(p.pid) == "S"
+
+    _wait_for(blocked, "child blocked in the wait")
     os.kill(p.pid, signal.SIGINT)
     assert q.get(timeout=30) == "KeyboardInterrupt"
     p.join(30)
