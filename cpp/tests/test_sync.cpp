@@ -420,3 +420,15 @@ TEST(SyncEvent, SetClearsTheSleepersBit) {
     e.clear();
     EXPECT_FALSE(e.is_set());
 }
+
+TEST(SyncEvent, SpinningBacksOffWhenTheSetterDoesNotCome) {
+    // A setter that is not running (a busy machine) makes every spin fail:
+    // after a few waits the event no longer spins at all before sleeping.
+    auto e = shm_event::create();
+    EXPECT_EQ(e.spin_budget(), shm_event::max_spin_ns);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(e.wait(e.ticket(), 1ms), wait_result::timed_out);
+    EXPECT_EQ(e.spin_budget(), 0);
+    // Spins that succeed bring it back (a setter on another core).
+    e.set();
+    EXPECT_EQ(e.wait(e.ticket(), 1ms), wait_result::woken);
+}

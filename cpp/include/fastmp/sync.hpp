@@ -401,9 +401,12 @@ public:
     wait_result wait(std::uint32_t ticket, clock::duration slice) noexcept;
     bool sleepers() const noexcept { return (ticket() & sleepers_bit) != 0; }
     const sync_ref& ref() const noexcept { return ref_; }
+    // How long the next wait spins before sleeping (ns): halved by every spin
+    // that fails (the setter is not running), grown by spins that succeed.
+    std::int64_t spin_budget() const noexcept { return atomic(const_cast<std::int64_t&>(spin_budget_)).load(); }
+    static constexpr std::int64_t max_spin_ns = 3000;
 
 private:
-    static constexpr std::int64_t max_spin_ns = 3000;
     sync_ref ref_;
     event_layout* layout_ = nullptr;
     std::int64_t spin_budget_ = max_spin_ns;  // per handle: adapts to whether spinning pays
