@@ -9,6 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -431,4 +434,57 @@ TEST(SyncEvent, SpinningBacksOffWhenTheSetterDoesNotCome) {
     // Spins that succeed bring it back (a setter on another core).
     e.set();
     EXPECT_EQ(e.wait(e.ticket(), 1ms), wait_result::woken);
+}
+
+TEST(SyncLock, HolderInAnotherPidNamespaceIsNeverJudgedDead) {
+    // A holder in another pid namespace records a pid that means nothing
+    // here (here it may name no process at all, which looked "dead" to a
+    // pid check): it must not be released while it lives.
+    auto l = shm_lock::create(false);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pid_t outer = ::fork();
+    ASSERT_GE(outer, 0);
+    if (outer == 0) {
+        if (::unshare(CLONE_NEWPID) != 0) {
+            char skip = 's';
+            (void)!::write(fds[1], &skip, 1);
+            ::_exit(0);
+        }
+        pid_t init = ::fork();  // pid 1 of the new namespace
+        if (init == 0) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // the test kills `outer`: the namespace goes with it
+            // Make the next pid one that does not exist outside (pid_max is at least 32768).
+            int fd = ::open("/proc/sys/kernel/ns_last_pid", O_WRONLY);
+            if (fd >= 0) {
+                (void)!::write(fd, "30999", 5);
+                ::close(fd);
+            }
+            pid_t holder = ::fork();
+            if (holder == 0) {
+                char ok = l.try_acquire() ? 'h' : 'n';
+                (void)!::write(fds[1], &ok, 1);
+                for (;;) ::pause();
+            }
+            ::waitpid(holder, nullptr, 0);  // until the test kills this namespace
+            ::_exit(0);
+        }
+        ::waitpid(init, nullptr, 0);
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    char got = 0;
+    ASSERT_EQ(::read(fds[0], &got, 1), 1);
+    ::close(fds[0]);
+    if (got == 's') {
+        ::waitpid(outer, nullptr, 0);
+        GTEST_SKIP() << "cannot create a pid namespace here";
+    }
+    ASSERT_EQ(got, 'h');
+    EXPECT_TRUE(l.locked());
+    EXPECT_FALSE(l.recover_dead_holder());  // its pid is not ours to judge
+    EXPECT_TRUE(l.locked());
+    // Killing `outer` kills the namespace's init (death signal), and so every process in it.
+    ::kill(outer, SIGKILL);
+    ::waitpid(outer, nullptr, 0);
 }

@@ -194,8 +194,10 @@ inline constexpr std::uint16_t sync_object_version = 2;
 // Identities (process.hpp) as stored in shared memory: start tag << 32 | pid.
 inline std::uint32_t id_pid(std::uint64_t id) noexcept { return static_cast<std::uint32_t>(id); }
 inline std::uint32_t id_start(std::uint64_t id) noexcept { return static_cast<std::uint32_t>(id >> 32); }
+// Start tag 0: recorded by a process that cannot be judged (another pid
+// namespace, or no /proc): alive, whatever its pid says here.
 inline bool id_alive(std::uint64_t id) noexcept {
-    return process_alive(static_cast<pid_t>(id_pid(id)), id_start(id));
+    return id_start(id) == 0 || process_alive(static_cast<pid_t>(id_pid(id)), id_start(id));
 }
 
 // The one table of "which process holds how many" (Semaphore holders,
