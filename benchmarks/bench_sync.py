@@ -1,6 +1,9 @@
 """Synchronisation primitives: fastmp against multiprocessing, side by side.
 
-    PYTHONPATH=python python benchmarks/bench_sync.py [--rounds 5] [--scale 1.0]
+    PYTHONPATH=python python benchmarks/bench_sync.py [--rounds 5] [--scale 1.0] [--busy 2]
+
+--busy N keeps N CPU-bound processes running during the measurement (a
+fully busy machine: N = the number of cores).
 
 Each round runs every scenario once per library, alternating which library
 goes first; the table shows medians (lower is better: time per operation) and
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -161,5 +166,21 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N CPU-bound processes running meanwhile",
+    )
+    ap.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
     args = ap.parse_args()
-    run(args.rounds, args.scale)
+    busy = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(args.busy)]
+    try:
+        if busy:
+            print(f"with {len(busy)} CPU-bound processes running")
+        run(args.rounds, args.scale, args.only)
+    finally:
+        for b in busy:
+            b.kill()
+            b.wait()

@@ -19,6 +19,9 @@ UBSAN_OPTIONS=halt_on_error=1 run_ctest build/ctest-asan "address,undefined"
 echo "== C++ tests under ThreadSanitizer"
 TSAN_OPTIONS="halt_on_error=1" run_ctest build/ctest-tsan "thread"
 
+echo "== pytest against the extension built with ASan + UBSan (binding layer)"
+scripts/test_asan_pytest.sh
+
 echo "== pytest"
 # Run from tests/ so `import fastmp` is the installed package, not a source tree.
 python -m pytest -q "$@"

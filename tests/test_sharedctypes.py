@@ -300,6 +300,61 @@ def test_array_slicing(ctx):
     assert list(d) == [0.5, 2.5]
 
 
+_SLICE_TYPES = [
+    ctypes.c_bool, ctypes.c_byte, ctypes.c_ubyte, ctypes.c_short, ctypes.c_ushort, ctypes.c_int,
+    ctypes.c_uint, ctypes.c_long, ctypes.c_ulong, ctypes.c_longlong, ctypes.c_ulonglong,
+    ctypes.c_float, ctypes.c_double, ctypes.c_char, ctypes.c_wchar, ctypes.c_void_p,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("type_", _SLICE_TYPES, ids=lambda t: t.__name__)
+def test_array_slices_equal_ctypes_slices(type_):
+    """Slices of a synchronized Array (a native fast path for numbers) give
+    exactly what ctypes gives, for every element type, step and bound."""
+    import multiprocessing.sharedctypes as std_sharedctypes
+
+    n = 11
+    if type_ is ctypes.c_bool:
+        init = [i % 3 == 0 for i in range(n)]
+    elif type_ is ctypes.c_char:
+        init = bytes(range(65, 65 + n))
+    elif type_ is ctypes.c_wchar:
+        init = "abcdefghijk"
+    elif type_ is ctypes.c_void_p:
+        init = [None if i % 2 else i * 8 for i in range(n)]
+    elif type_ in (ctypes.c_float, ctypes.c_double):
+        init = [i / 4 - 1 for i in range(n)]
+    else:
+        signed = type_(-1).value == -1
+        init = [(-i if signed and i % 2 else i) * 7 for i in range(n)]
+    ours = fsc.Array(type_, init)
+    plain = (type_ * n)(*init)
+    theirs = std_sharedctypes.synchronized((type_ * n)(*init))
+    for key in [
+        slice(None), slice(2, 5), slice(None, None, 3), slice(None, None, -1), slice(-3, None),
+        slice(8, 2, -2), slice(50, 60), slice(-50, 3), slice(5, 5), slice(None, None, 7),
+    ]:  # fmt: skip
+        got = ours[key]
+        assert got == plain[key] == theirs[key], key
+        assert type(got) is type(plain[key])
+        assert [type(x) for x in got] == [type(x) for x in plain[key]], key
+    with pytest.raises(ValueError, match="slice step cannot be zero"):
+        ours[::0]
+    with pytest.raises(TypeError):
+        ours["x":]
+
+
+def test_array_slice_extremes():
+    for type_, values in [
+        (ctypes.c_ulonglong, [0, 2**64 - 1]),
+        (ctypes.c_longlong, [-(2**63), 2**63 - 1]),
+        (ctypes.c_uint, [0, 2**32 - 1]),
+        (ctypes.c_double, [float("inf"), -0.0]),
+    ]:
+        a = fsc.Array(type_, values)
+        assert a[:] == list((type_ * 2)(*values))
+
+
 def test_char_array_value_and_raw(ctx):
     s = ctx.Array("c", b"hello")
     assert s.value == b"hello" and s.raw == b"hello"

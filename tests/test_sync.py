@@ -478,6 +478,50 @@ def test_slot_not_reused_while_a_forked_child_uses_it():
     assert p.exitcode == 0
 
 
+def test_slot_kept_for_a_child_that_has_not_run_yet(tmp_path):
+    """`p = Process(args=(s,)); del s; p.start()`: the stdlib's start() drops
+    its reference to the arguments right after fork, maybe before the child
+    ever ran. The child's reference must exist from the fork on, or the
+    parent's next object gets the child's slot. A test hook holds the child in
+    its fork handler until the parent has made its new objects."""
+    from _script import run_script
+
+    res = run_script(
+        """
+        import gc, os
+        import fastmp
+        from fastmp import _fastmp
+
+        def child(s):
+            ok = s.get_value() == 5 and s.acquire(False)
+            os._exit(0 if ok else 1)
+
+        if __name__ == "__main__":
+            ctx = fastmp.get_context("fork")
+            anchor = ctx.Lock()  # keeps the arena mapped in the parent
+            s = ctx.Semaphore(5)
+            where = s._handle()[1:]
+            r, w = os.pipe()
+            _fastmp._sync_test_pause_child_after_fork(r)
+            p = ctx.Process(target=child, args=(s,))
+            del s
+            p.start()
+            _fastmp._sync_test_pause_child_after_fork(-1)
+            gc.collect()
+            others = [ctx.Lock() for _ in range(20)]
+            for o in others:
+                o.acquire()
+            shared = any(o._handle()[1:] == where for o in others)
+            os.write(w, b"x")  # now let the child run
+            p.join(30)
+            print(shared, p.exitcode)
+        """,
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "0"]
+
+
 def _add_under_lock(v, n):
     for _ in range(n):
         with v.get_lock():

@@ -86,6 +86,123 @@ def test_signalling_semaphore_is_not_topped_up_by_a_death(kctx):
     assert sem.get_value() == 0
 
 
+def _proc_state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    return stat[stat.rfind(")") + 2]
+
+
+def _wait_for(predicate, what):
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, f"never reached: {what}"
+        time.sleep(0.001)
+
+
+def _stop_at_then(point, action, obj):
+    from fastmp import _fastmp
+
+    _fastmp._sync_test_stop_at(point)
+    getattr(obj, action)()
+    os._exit(3)  # never reached: SIGKILLed while stopped at the point
+
+
+def _acquire_stop_at_then_release(point, sem):
+    from fastmp import _fastmp
+
+    sem.acquire()
+    _fastmp._sync_test_stop_at(point)
+    sem.release()
+    os._exit(3)
+
+
+def _kill_stopped(p):
+    _wait_for(lambda: _proc_state(p.pid) == "T", "child stopped at the test point")
+    _kill(p)
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_killed_between_recording_and_taking_a_unit_loses_nothing(kctx, bounded):
+    """SIGKILL exactly after the unit was recorded as held, before it was taken."""
+    sem = kctx.BoundedSemaphore(2) if bounded else kctx.Semaphore(2)
+    p = kctx.Process(target=_stop_at_then, args=("semaphore.recorded", "acquire", sem))
+    p.start()
+    _kill_stopped(p)
+    assert sem.get_value() == 2  # nothing was taken
+    assert sem.acquire(False) and sem.acquire(False)
+    assert sem._recover() == 0  # the over-count of the dead process adds no unit
+    assert sem.acquire(False) is False
+    sem.release()
+    sem.release()
+    assert sem._recover() == 0
+    assert sem.get_value() == 2
+
+
+def test_killed_between_giving_back_and_unrecording_a_unit_loses_nothing(kctx):
+    """SIGKILL exactly after the unit was given back, before its record was dropped."""
+    sem = kctx.Semaphore(1)
+    p = kctx.Process(target=_acquire_stop_at_then_release, args=("semaphore.given", sem))
+    p.start()
+    _kill_stopped(p)
+    assert sem.get_value() == 1
+    assert sem._recover() == 0
+    assert sem.acquire(False) is True
+    assert sem._recover() == 0
+    assert sem.acquire(False) is False
+    sem.release()
+    assert sem.get_value() == 1
+
+
+def test_killed_holder_of_semaphore_units_recovered_exactly(kctx):
+    """Kill a holder of 2 of 3 units while another unit is out: 2 come back, no more."""
+    sem = kctx.Semaphore(3)
+    ready = kctx.Event()
+    p = kctx.Process(target=_take_and_hang, args=(sem, 2, ready))
+    p.start()
+    assert ready.wait(30)
+    assert sem.acquire(False) is True
+    _kill(p)
+    assert sem._recover() == 2
+    assert sem._recover() == 0
+    assert sem.get_value() == 2
+    sem.release()
+    assert sem.get_value() == 3
+
+
+def _block_on(kind, obj, started):
+    started.set()
+    if kind == "Event":
+        obj.wait()
+    else:
+        obj.acquire()
+    os._exit(3)
+
+
+@pytest.mark.parametrize("kind", ["Lock", "Semaphore", "Event"])
+def test_sleeper_killed_leaves_nothing_raised(kctx, kind):
+    """A waiter SIGKILLed while asleep in the futex: the next release/set clears
+    the trace it left (no waiter count stays raised forever)."""
+    obj = {"Lock": kctx.Lock, "Semaphore": lambda: kctx.Semaphore(0), "Event": kctx.Event}[kind]()
+    if kind == "Lock":
+        obj.acquire()
+    started = kctx.Event()
+    p = kctx.Process(target=_block_on, args=(kind, obj, started))
+    p.start()
+    assert started.wait(30)
+    # Asleep: the sleepers bit is set just before the futex wait, the only sleep after it.
+    _wait_for(lambda: obj._sleepers() and _proc_state(p.pid) == "S", "child asleep in the wait")
+    _kill(p)
+    assert obj._sleepers()  # the dead sleeper's trace
+    if kind == "Event":
+        obj.set()
+        assert obj.is_set()
+    else:
+        obj.release()
+        assert obj.acquire(False) is True
+        obj.release()
+    assert not obj._sleepers()
+
+
 def _cond_wait_report(cond, ready, q, tag):
     with cond:
         ready.release()
@@ -166,8 +283,8 @@ def _take_and_hang_barrier(barrier):
 
 
 def _blocked_until_sigint(kind, obj, about_to_block, q):
-    about_to_block.set()
     try:
+        about_to_block.set()
         if kind in ("Lock", "RLock", "Semaphore"):
             obj.acquire()
         elif kind == "Event":
@@ -198,7 +315,17 @@ def test_sigint_interrupts_blocked_wait(kctx, kind):
     p = kctx.Process(target=_blocked_until_sigint, args=(kind, obj, about, q))
     p.start()
     assert about.wait(30)
-    time.sleep(0.3)  # let it block
+
+    def blocked():  # asleep inside the wait, not merely on its way there
+        if kind == "Condition":
+            inside = obj._cv._waiting == 1
+        elif kind == "Barrier":
+            inside = obj.n_waiting == 1
+        else:
+            inside = obj._sleepers()
+        return inside and _proc_state(p.pid) == "S"
+
+    _wait_for(blocked, "child blocked in the wait")
     os.kill(p.pid, signal.SIGINT)
     assert q.get(timeout=30) == "KeyboardInterrupt"
     p.join(30)

@@ -74,9 +74,11 @@ T& self_as(PyObject* self) {
 }
 
 // Fills out[0..n) from positional args and keyword names, in the order of
-// `names`; missing ones stay as given (defaults). Raises TypeError like Python.
+// `names`; missing ones stay as given (defaults). Raises TypeError like Python
+// (clinic: with the messages of a C function of the stdlib, e.g. SemLock.acquire).
 void parse_fast_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                     std::initializer_list<const char*> names, std::size_t required, PyObject** out);
+                     std::initializer_list<const char*> names, std::size_t required, PyObject** out,
+                     bool clinic = false);
 
 // Installs `def` (METH_FASTCALL | METH_KEYWORDS) as a method of `cls`.
 void add_fast_method(py::handle cls, PyMethodDef* def);

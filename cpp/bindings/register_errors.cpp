@@ -2,6 +2,7 @@
 #include "common.hpp"
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
 namespace fastmp::py_bind {
@@ -72,13 +73,17 @@ void register_errors(py::module_&) {
 namespace fastmp::py_bind {
 
 void parse_fast_args(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
-                     std::initializer_list<const char*> names, std::size_t required, PyObject** out) {
+                     std::initializer_list<const char*> names, std::size_t required, PyObject** out,
+                     bool clinic) {
     const std::size_t n = names.size();
     if (static_cast<std::size_t>(nargs) > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zu arguments (%zd given)", fname, n, nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zu argument%s (%zd given)", fname, n, n == 1 ? "" : "s",
+                     nargs);
         throw py::error_already_set();
     }
-    std::vector<bool> seen(n, false);
+    bool seen_small[8] = {};  // no allocation on a hot path (acquire(timeout=...))
+    std::unique_ptr<bool[]> seen_big(n > 8 ? new bool[n]() : nullptr);
+    bool* seen = n > 8 ? seen_big.get() : seen_small;
     for (Py_ssize_t i = 0; i < nargs; ++i) {
         out[i] = args[i];
         seen[static_cast<std::size_t>(i)] = true;
@@ -92,11 +97,18 @@ void parse_fast_args(const char* fname, PyObject* const* args, Py_ssize_t nargs,
             ++j;
         }
         if (j == n) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
+            if (clinic)
+                PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()", key, fname);
+            else
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname, key);
             throw py::error_already_set();
         }
         if (seen[j]) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", fname, key);
+            if (clinic)
+                PyErr_Format(PyExc_TypeError, "argument for %s() given by name ('%U') and position (%zu)", fname,
+                             key, j + 1);
+            else
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%U'", fname, key);
             throw py::error_already_set();
         }
         out[j] = args[nargs + k];

@@ -16,12 +16,14 @@
 #include <pybind11/pybind11.h>
 #include <structmember.h>
 
+#include "common.hpp"
+
+#include <bit>
 #include <cstddef>
+#include <cstring>
 #include <vector>
 
 namespace fastmp::py_bind {
-
-namespace py = pybind11;
 
 namespace {
 
@@ -63,19 +65,19 @@ void locked_dealloc(PyObject* self) {
 }
 
 // _bind(obj, acquire, release): set once by the Python wrapper's __init__.
-PyObject* locked_bind(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_bind(obj, acquire, release) takes 3 arguments");
-        return nullptr;
-    }
-    auto* s = reinterpret_cast<locked*>(self);
-    Py_INCREF(args[0]);
-    Py_INCREF(args[1]);
-    Py_INCREF(args[2]);
-    Py_XSETREF(s->obj, args[0]);
-    Py_XSETREF(s->acquire, args[1]);
-    Py_XSETREF(s->release, args[2]);
-    Py_RETURN_NONE;
+PyObject* locked_bind(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&]() -> PyObject* {
+        PyObject* a[3] = {nullptr, nullptr, nullptr};
+        parse_fast_args("_bind", args, nargs, kwnames, {"obj", "acquire", "release"}, 3, a);
+        auto* s = reinterpret_cast<locked*>(self);
+        Py_INCREF(a[0]);
+        Py_INCREF(a[1]);
+        Py_INCREF(a[2]);
+        Py_XSETREF(s->obj, a[0]);
+        Py_XSETREF(s->acquire, a[1]);
+        Py_XSETREF(s->release, a[2]);
+        Py_RETURN_NONE;
+    });
 }
 
 bool check_bound(locked* s) {
@@ -140,10 +142,82 @@ int attr_set(PyObject* self, PyObject* v, void* closure) {
     return lock_release(s, rc == 0) ? 0 : -1;
 }
 
+// ctypes' own Array.__getitem__, to recognise plain ctypes arrays.
+binaryfunc ctypes_array_subscript = nullptr;
+
+template <class T, class Make>
+PyObject* list_of(const char* base, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n, Make make) {
+    PyObject* list = PyList_New(n);
+    if (list == nullptr) return nullptr;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+        T v;
+        std::memcpy(&v, base + (start + i * step) * static_cast<Py_ssize_t>(sizeof(T)), sizeof(T));
+        PyObject* o = make(v);
+        if (o == nullptr) {
+            Py_DECREF(list);
+            return nullptr;
+        }
+        PyList_SET_ITEM(list, i, o);
+    }
+    return list;
+}
+
+// A slice of a ctypes array of numbers (or bools), as the list ctypes would
+// return, built in one loop: ctypes itself makes each item through a generic
+// per-item getter, which is most of the cost of `arr[:]`. Sets *handled to
+// false, and returns nullptr without an error, for anything else (c_char and
+// c_wchar arrays, pointers, structures, subclasses that override indexing).
+PyObject* number_slice(PyObject* obj, PyObject* key, bool* handled) {
+    *handled = false;
+    PyTypeObject* tp = Py_TYPE(obj);
+    if (tp->tp_as_mapping == nullptr || tp->tp_as_mapping->mp_subscript != ctypes_array_subscript) return nullptr;
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_RECORDS_RO) != 0) {
+        PyErr_Clear();
+        return nullptr;
+    }
+    constexpr char native = std::endian::native == std::endian::little ? '<' : '>';
+    const char* f = view.format;
+    PyObject* out = nullptr;
+    if (view.ndim == 1 && f != nullptr && f[0] == native && f[1] != '\0' && f[2] == '\0' &&
+        std::strchr("bBhHiIlLqQfd?", f[1]) != nullptr) {
+        *handled = true;
+        Py_ssize_t start, stop, step;
+        if (PySlice_Unpack(key, &start, &stop, &step) == 0) {
+            Py_ssize_t n = PySlice_AdjustIndices(view.shape[0], &start, &stop, step);
+            const char* b = static_cast<const char*>(view.buf);
+            auto as_long = [](auto v) { return PyLong_FromLongLong(static_cast<long long>(v)); };
+            auto as_ulong = [](auto v) { return PyLong_FromUnsignedLongLong(static_cast<unsigned long long>(v)); };
+            auto as_float = [](auto v) { return PyFloat_FromDouble(static_cast<double>(v)); };
+            switch (f[1]) {
+                case 'b': out = list_of<signed char>(b, start, step, n, as_long); break;
+                case 'B': out = list_of<unsigned char>(b, start, step, n, as_long); break;
+                case 'h': out = list_of<short>(b, start, step, n, as_long); break;
+                case 'H': out = list_of<unsigned short>(b, start, step, n, as_long); break;
+                case 'i': out = list_of<int>(b, start, step, n, as_long); break;
+                case 'I': out = list_of<unsigned int>(b, start, step, n, as_ulong); break;
+                case 'l': out = list_of<long>(b, start, step, n, as_long); break;
+                case 'L': out = list_of<unsigned long>(b, start, step, n, as_ulong); break;
+                case 'q': out = list_of<long long>(b, start, step, n, as_long); break;
+                case 'Q': out = list_of<unsigned long long>(b, start, step, n, as_ulong); break;
+                case 'f': out = list_of<float>(b, start, step, n, as_float); break;
+                case 'd': out = list_of<double>(b, start, step, n, as_float); break;
+                case '?':
+                    out = list_of<bool>(b, start, step, n, [](bool v) { return PyBool_FromLong(v); });
+                    break;
+            }
+        }
+    }
+    PyBuffer_Release(&view);
+    return out;
+}
+
 PyObject* array_getitem(PyObject* self, PyObject* key) {
     auto* s = reinterpret_cast<locked*>(self);
     if (!check_bound(s) || !lock_acquire(s)) return nullptr;
-    PyObject* v = PyObject_GetItem(s->obj, key);
+    bool handled = false;
+    PyObject* v = PySlice_Check(key) ? number_slice(s->obj, key, &handled) : nullptr;
+    if (!handled) v = PyObject_GetItem(s->obj, key);
     if (!lock_release(s, v != nullptr)) {
         Py_XDECREF(v);
         return nullptr;
@@ -165,7 +239,7 @@ Py_ssize_t array_length(PyObject* self) {
 }
 
 PyMethodDef locked_methods[] = {
-    {"_bind", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(locked_bind)), METH_FASTCALL,
+    {"_bind", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(locked_bind)), METH_FASTCALL | METH_KEYWORDS,
      "_bind(obj, acquire, release): what this wrapper guards, and with which lock."},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -209,6 +283,13 @@ void register_sharedctypes(py::module_& m) {
     raw_name = PyUnicode_InternFromString("raw");
     if (value_name == nullptr || raw_name == nullptr) throw py::error_already_set();
     value_getset[0].closure = value_name;
+    {
+        py::object c_double = py::module_::import("ctypes").attr("c_double");
+        py::object probe = py::reinterpret_steal<py::object>(PyNumber_Multiply(c_double.ptr(), py::int_(1).ptr()));
+        if (!probe) throw py::error_already_set();
+        auto* tp = reinterpret_cast<PyTypeObject*>(probe.ptr());
+        if (tp->tp_as_mapping != nullptr) ctypes_array_subscript = tp->tp_as_mapping->mp_subscript;
+    }
     string_getset[0].closure = value_name;
     string_getset[1].closure = raw_name;
 

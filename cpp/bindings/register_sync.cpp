@@ -24,66 +24,25 @@ constexpr int recursive_mutex_kind = 0;
 constexpr int semaphore_kind = 1;
 constexpr long sem_value_max = 0x7fffffff;
 
-// Turns the C++ exception in flight into a Python one; returns nullptr.
-PyObject* raise_current() noexcept {
-    try {
-        throw;
-    } catch (py::error_already_set& e) {
-        e.restore();
-    } catch (const sys_error& e) {
-        PyObject* err = PyObject_CallFunction(PyExc_OSError, "is", e.code().value(), e.what());
-        if (err) {
-            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err)), err);
-            Py_DECREF(err);
-        }
-    } catch (const std::bad_alloc&) {
-        PyErr_NoMemory();
-    } catch (const std::exception& e) {
-        PyErr_SetString(PyExc_OSError, e.what());
-    }
-    return nullptr;
-}
-
 PyObject* handle_tuple(const sync_ref& r) {
     return Py_BuildValue("(iKI)", r.arena()->fd(), static_cast<unsigned long long>(r.arena()->id()), r.index());
 }
 
-// Parses (block=True, timeout=None) the way the stdlib's SemLock.acquire does.
+// (block=True, timeout=None), or (timeout=None) for Event.wait, with the
+// stdlib's messages; false with a Python error set.
 bool parse_block_timeout(const char* fname, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames,
                          PyObject** block, PyObject** timeout, bool with_block = true) {
-    PyObject* slots[2] = {Py_True, Py_None};
-    const char* names[2] = {"block", "timeout"};
-    int first = with_block ? 0 : 1;
-    Py_ssize_t max = with_block ? 2 : 1;
-    if (nargs > max) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname, max,
-                     max == 1 ? "" : "s", nargs);
-        return false;
-    }
-    for (Py_ssize_t i = 0; i < nargs; ++i) slots[first + i] = args[i];
-    if (kwnames) {
-        Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
-        for (Py_ssize_t k = 0; k < nk; ++k) {
-            const char* key = PyUnicode_AsUTF8(PyTuple_GET_ITEM(kwnames, k));
-            if (!key) return false;
-            int which = -1;
-            for (int j = first; j < 2; ++j)
-                if (std::strcmp(key, names[j]) == 0) which = j;
-            if (which < 0) {
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%s'", fname, key);
-                return false;
-            }
-            if (which - first < nargs) {
-                PyErr_Format(PyExc_TypeError, "argument for %s() given by name ('%s') and position (%d)", fname,
-                             key, which - first + 1);
-                return false;
-            }
-            slots[which] = args[nargs + k];
-        }
-    }
-    *block = slots[0];
-    *timeout = slots[1];
-    return true;
+    PyObject* out[2] = {Py_True, Py_None};
+    PyObject* err = guarded([&]() -> PyObject* {
+        if (with_block)
+            parse_fast_args(fname, args, nargs, kwnames, {"block", "timeout"}, 0, out, true);
+        else
+            parse_fast_args(fname, args, nargs, kwnames, {"timeout"}, 0, out + 1);
+        return Py_None;
+    });
+    *block = out[0];
+    *timeout = out[1];
+    return err != nullptr;
 }
 
 // ---------------------------------------------------------------- SemLock
@@ -106,7 +65,7 @@ bool semlock_ready(semlock_object* s) {
 
 // acquire with the GIL released only while sleeping.
 PyObject* semlock_acquire_slow(semlock_object* s, PyObject* block_obj, PyObject* timeout_obj) {
-    try {
+    return guarded([&]() -> PyObject* {
         int block = PyObject_IsTrue(block_obj);
         if (block < 0) return nullptr;
         deadline dl = block ? parse_timeout(timeout_obj) : deadline();
@@ -117,20 +76,23 @@ PyObject* semlock_acquire_slow(semlock_object* s, PyObject* block_obj, PyObject*
             ok = run_blocking(
                 block, dl, [&] { return l.ticket(); },
                 [&] { return waited ? l.try_acquire_after_wait() : l.try_acquire(); },
-                [&](std::uint32_t t, clock::duration slice) {
+                [&](std::uint64_t t, clock::duration slice) {
                     waited = true;
                     return l.wait(t, slice);
                 });
         } else {
             shm_semaphore& m = *s->sem;
+            bool waited = false;
             ok = run_blocking(
-                block, dl, [&] { return m.ticket(); }, [&] { return m.try_acquire(); },
-                [&](std::uint32_t t, clock::duration slice) { return m.wait(t, slice); });
+                block, dl, [&] { return m.ticket(); },
+                [&] { return waited ? m.try_acquire_after_wait() : m.try_acquire(); },
+                [&](std::uint32_t t, clock::duration slice) {
+                    waited = true;
+                    return m.wait(t, slice);
+                });
         }
         return Py_NewRef(ok ? Py_True : Py_False);
-    } catch (...) {
-        return raise_current();
-    }
+    });
 }
 
 PyObject* semlock_acquire(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -209,6 +171,19 @@ PyObject* semlock_handle(PyObject* self, PyObject*) {
     return handle_tuple(s->lock ? s->lock->ref() : s->sem->ref());
 }
 
+PyObject* semlock_sleepers(PyObject* self, PyObject*) {
+    semlock_object* s = as_semlock(self);
+    if (!semlock_ready(s)) return nullptr;
+    return PyBool_FromLong(s->lock ? s->lock->sleepers() : s->sem->sleepers());
+}
+
+PyObject* semlock_recover(PyObject* self, PyObject*) {
+    semlock_object* s = as_semlock(self);
+    if (!semlock_ready(s)) return nullptr;
+    return PyLong_FromUnsignedLong(s->lock ? (s->lock->recover_dead_holder() ? 1 : 0)
+                                           : s->sem->recover_dead_holders());
+}
+
 PyObject* semlock_holder_pid(PyObject* self, PyObject*) {
     semlock_object* s = as_semlock(self);
     if (!semlock_ready(s)) return nullptr;
@@ -228,16 +203,11 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
         return -1;
     }
     if (value < 0 || value > sem_value_max || maxvalue < 0 || maxvalue > sem_value_max) {
-        PyObject* err = PyObject_CallFunction(PyExc_OSError, "is", EINVAL,
-                                              "semaphore value must be between 0 and SEM_VALUE_MAX");
-        if (err) {
-            PyErr_SetObject(PyExc_OSError, err);
-            Py_DECREF(err);
-        }
+        set_os_error(sys_error(EINVAL, "semaphore value must be between 0 and SEM_VALUE_MAX"));
         return -1;
     }
     bool single = kind == recursive_mutex_kind || (value == 1 && maxvalue == 1);
-    try {
+    PyObject* made = guarded([&]() -> PyObject* {
         if (arena_id != 0) {  // attach (fd is -1 when the arena came with an earlier object)
             sync_ref ref = sync_attach(fd, arena_id, index);
             // What the creator made (a lock or a semaphore) is in the shared
@@ -253,10 +223,9 @@ int semlock_setup(semlock_object* s, int kind, long value, long maxvalue, int fd
             s->sem = new shm_semaphore(
                 shm_semaphore::create(static_cast<std::uint32_t>(value), static_cast<std::uint32_t>(maxvalue)));
         }
-    } catch (...) {
-        raise_current();
-        return -1;
-    }
+        return Py_None;
+    });
+    if (!made) return -1;
     s->kind = kind;
     s->maxvalue = maxvalue;
     return 0;
@@ -371,6 +340,8 @@ PyMethodDef semlock_methods[] = {
     {"_after_fork", semlock_after_fork, METH_NOARGS, "Nothing to do (ownership lives in shared memory)."},
     {"_handle", semlock_handle, METH_NOARGS, "(arena fd, arena id, slot) for passing to a child."},
     {"_holder_pid", semlock_holder_pid, METH_NOARGS, "Pid holding a Lock/RLock (0 if free)."},
+    {"_sleepers", semlock_sleepers, METH_NOARGS, "Whether the sleepers bit is set (someone may be asleep)."},
+    {"_recover", semlock_recover, METH_NOARGS, "Recovers from dead holders now; -> units (or 1 for a lock) returned."},
     {"_attach", semlock_attach, METH_VARARGS | METH_CLASS, "Rebuilds a handle received from another process."},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -446,16 +417,20 @@ PyObject* event_wait(PyObject* self, PyObject* const* args, Py_ssize_t nargs, Py
     if (!e) return nullptr;
     if (e->is_set()) Py_RETURN_TRUE;
     PyObject *block, *timeout;
-    if (!parse_block_timeout("wait", args, nargs, kwnames, &block, &timeout, false)) return nullptr;
-    try {
+    if (!parse_block_timeout("Event.wait", args, nargs, kwnames, &block, &timeout, false)) return nullptr;
+    return guarded([&]() -> PyObject* {
         deadline dl = parse_timeout(timeout);
         bool ok = run_blocking(
             true, dl, [&] { return e->ticket(); }, [&] { return e->is_set(); },
             [&](std::uint32_t t, clock::duration slice) { return e->wait(t, slice); });
         return Py_NewRef(ok ? Py_True : Py_False);
-    } catch (...) {
-        return raise_current();
-    }
+    });
+}
+
+PyObject* event_sleepers(PyObject* self, PyObject*) {
+    shm_event* e = event_of(self);
+    if (!e) return nullptr;
+    return PyBool_FromLong(e->sleepers());
 }
 
 PyObject* event_handle(PyObject* self, PyObject*) {
@@ -471,13 +446,12 @@ int event_init(PyObject* self, PyObject* args, PyObject* kwds) {
         PyErr_SetString(PyExc_RuntimeError, "Event is initialised already");
         return -1;
     }
-    try {
-        o->ev = new shm_event(shm_event::create());
-    } catch (...) {
-        raise_current();
-        return -1;
-    }
-    return 0;
+    return guarded([&]() -> PyObject* {
+               o->ev = new shm_event(shm_event::create());
+               return Py_None;
+           }) != nullptr
+               ? 0
+               : -1;
 }
 
 PyObject* event_attach(PyObject* cls, PyObject* args) {
@@ -488,11 +462,13 @@ PyObject* event_attach(PyObject* cls, PyObject* args) {
     auto* tp = reinterpret_cast<PyTypeObject*>(cls);
     PyObject* obj = tp->tp_alloc(tp, 0);
     if (!obj) return nullptr;
-    try {
-        reinterpret_cast<event_object*>(obj)->ev = new shm_event(shm_event::attach(sync_attach(fd, arena_id, index)));
-    } catch (...) {
+    if (!guarded([&]() -> PyObject* {
+            reinterpret_cast<event_object*>(obj)->ev =
+                new shm_event(shm_event::attach(sync_attach(fd, arena_id, index)));
+            return Py_None;
+        })) {
         Py_DECREF(obj);
-        return raise_current();
+        return nullptr;
     }
     return obj;
 }
@@ -514,6 +490,7 @@ PyMethodDef event_methods[] = {
     {"wait", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(event_wait)), METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> bool: the flag's value on return."},
     {"_handle", event_handle, METH_NOARGS, "(arena fd, arena id, slot) for passing to a child."},
+    {"_sleepers", event_sleepers, METH_NOARGS, "Whether the sleepers bit is set (someone may be asleep)."},
     {"_attach", event_attach, METH_VARARGS | METH_CLASS, "Rebuilds a handle received from another process."},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -619,6 +596,12 @@ void register_sync(py::module_& m) {
 
     m.def("_sync_drop_all_refs", &sync_drop_all_refs,
           "Drops this process's references to shared sync objects (at exit of a child).");
+    m.def(
+        "_sync_test_stop_at",
+        [](py::object point) { sync_test_stop_at(point.is_none() ? nullptr : point.cast<std::string>().c_str()); },
+        py::arg("point"), "Test hook: stop this process (SIGSTOP) at a named point of the sync core (None: off).");
+    m.def("_sync_test_pause_child_after_fork", &sync_test_pause_child_after_fork, py::arg("fd"),
+          "Test hook: the next forked child waits in its fork handler for a byte on fd (-1: off).");
 
     py::class_<py_condvar>(m, "CondVar", "A Condition's shared waiter table (mechanism only).")
         .def(py::init<int, std::uint64_t, std::uint32_t>(), py::arg("fd") = -1, py::arg("arena_id") = 0,

@@ -9,6 +9,9 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -314,4 +317,174 @@ TEST(SyncBarrierState, ArriveLeaveAndReap) {
     EXPECT_EQ(b.count(), 0);
     b.set_state(-2);
     EXPECT_EQ(b.state(), -2);
+}
+
+// ---------------------------------------------------------------- identities (pid + start time)
+
+TEST(ProcessIdentity, StartTimeTellsARecycledPidApart) {
+    ASSERT_NE(current_start_tag(), 0u);
+    EXPECT_TRUE(process_alive(::getpid(), current_start_tag()));
+    EXPECT_TRUE(process_alive(::getpid(), 0));  // tag unknown: cannot be judged dead
+    EXPECT_FALSE(process_alive(::getpid(), current_start_tag() + 1));  // same pid, another process
+}
+
+namespace {
+// A child that reports its identity and then sleeps until killed.
+pid_t sleeping_child(std::uint64_t* id) {
+    int fds[2];
+    EXPECT_EQ(::pipe(fds), 0);
+    pid_t pid = ::fork();
+    if (pid == 0) {
+        std::uint64_t mine = current_identity();
+        (void)!::write(fds[1], &mine, sizeof mine);
+        for (;;) ::pause();
+    }
+    ::close(fds[1]);
+    EXPECT_EQ(::read(fds[0], id, sizeof *id), static_cast<ssize_t>(sizeof *id));
+    ::close(fds[0]);
+    return pid;
+}
+}  // namespace
+
+TEST(SyncLock, HolderIsJudgedByPidAndStartTime) {
+    auto l = shm_lock::create(false);
+    auto* layout = reinterpret_cast<lock_layout*>(l.ref().data());
+    // A holder whose pid now belongs to another process (this one): recycled, so dead.
+    atomic(layout->word).store(std::uint64_t{current_start_tag() ^ 0x5a5au} << 32 | current_pid());
+    EXPECT_TRUE(l.recover_dead_holder());
+    EXPECT_FALSE(l.locked());
+    // A live holder in another process is not touched; once dead, it is.
+    std::uint64_t id = 0;
+    pid_t pid = sleeping_child(&id);
+    ASSERT_EQ(id_pid(id), static_cast<std::uint32_t>(pid));
+    atomic(layout->word).store(id);
+    EXPECT_FALSE(l.recover_dead_holder());
+    EXPECT_TRUE(l.locked());
+    ::kill(pid, SIGKILL);
+    int st = 0;
+    ::waitpid(pid, &st, 0);
+    EXPECT_TRUE(l.recover_dead_holder());
+    EXPECT_FALSE(l.locked());
+    EXPECT_TRUE(l.try_acquire());
+}
+
+TEST(SyncSemaphore, UnitsOfARecycledPidComeBack) {
+    auto s = shm_semaphore::create(1, 1);
+    auto* layout = reinterpret_cast<semaphore_layout*>(s.ref().data());
+    // As if a process with our pid but another start time took the unit and died.
+    layout->holders[0].id = std::uint64_t{current_start_tag() ^ 0x5a5au} << 32 | current_pid();
+    layout->holders[0].count = 1;
+    layout->value = 0;
+    EXPECT_EQ(s.held_by_me(), 0u);
+    EXPECT_EQ(s.recover_dead_holders(), 1u);
+    EXPECT_EQ(s.value(), 1u);
+    EXPECT_EQ(s.recover_dead_holders(), 0u);
+}
+
+TEST(SyncSemaphore, EverySleeperIsWokenByQuickReleases) {
+    // Three sleepers, three releases in a row: the first wake-up is passed
+    // on while units remain (only one release sees the sleepers bit).
+    auto s = shm_semaphore::create(0, 0x7fffffff);
+    std::atomic<int> asleep{0}, done{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 3; ++t)
+        ts.emplace_back([&] {
+            bool waited = false;
+            ++asleep;
+            for (;;) {
+                auto tk = s.ticket();
+                if (waited ? s.try_acquire_after_wait() : s.try_acquire()) break;
+                waited = true;
+                s.wait(tk, 100000s);  // only a wake-up gets us out
+            }
+            ++done;
+        });
+    while (asleep.load() < 3 || !s.sleepers()) std::this_thread::sleep_for(1ms);
+    std::this_thread::sleep_for(20ms);  // let all three reach the futex (not needed for correctness)
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(s.release(), status::ok);
+    for (auto& t : ts) t.join();
+    EXPECT_EQ(done.load(), 3);
+    EXPECT_EQ(s.value(), 0u);
+}
+
+TEST(SyncEvent, SetClearsTheSleepersBit) {
+    auto e = shm_event::create();
+    std::thread t([&] {
+        for (;;) {
+            auto tk = e.ticket();
+            if (e.is_set()) break;
+            e.wait(tk, 100000s);
+        }
+    });
+    while (!e.sleepers()) std::this_thread::sleep_for(1ms);
+    e.set();
+    t.join();
+    EXPECT_FALSE(e.sleepers());
+    e.clear();
+    EXPECT_FALSE(e.is_set());
+}
+
+TEST(SyncEvent, SpinningBacksOffWhenTheSetterDoesNotCome) {
+    // A setter that is not running (a busy machine) makes every spin fail:
+    // after a few waits the event no longer spins at all before sleeping.
+    auto e = shm_event::create();
+    EXPECT_EQ(e.spin_budget(), shm_event::max_spin_ns);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(e.wait(e.ticket(), 1ms), wait_result::timed_out);
+    EXPECT_EQ(e.spin_budget(), 0);
+    // Spins that succeed bring it back (a setter on another core).
+    e.set();
+    EXPECT_EQ(e.wait(e.ticket(), 1ms), wait_result::woken);
+}
+
+TEST(SyncLock, HolderInAnotherPidNamespaceIsNeverJudgedDead) {
+    // A holder in another pid namespace records a pid that means nothing
+    // here (here it may name no process at all, which looked "dead" to a
+    // pid check): it must not be released while it lives.
+    auto l = shm_lock::create(false);
+    int fds[2];
+    ASSERT_EQ(::pipe(fds), 0);
+    pid_t outer = ::fork();
+    ASSERT_GE(outer, 0);
+    if (outer == 0) {
+        if (::unshare(CLONE_NEWPID) != 0) {
+            char skip = 's';
+            (void)!::write(fds[1], &skip, 1);
+            ::_exit(0);
+        }
+        pid_t init = ::fork();  // pid 1 of the new namespace
+        if (init == 0) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // the test kills `outer`: the namespace goes with it
+            // Make the next pid one that does not exist outside (pid_max is at least 32768).
+            int fd = ::open("/proc/sys/kernel/ns_last_pid", O_WRONLY);
+            if (fd >= 0) {
+                (void)!::write(fd, "30999", 5);
+                ::close(fd);
+            }
+            pid_t holder = ::fork();
+            if (holder == 0) {
+                char ok = l.try_acquire() ? 'h' : 'n';
+                (void)!::write(fds[1], &ok, 1);
+                for (;;) ::pause();
+            }
+            ::waitpid(holder, nullptr, 0);  // until the test kills this namespace
+            ::_exit(0);
+        }
+        ::waitpid(init, nullptr, 0);
+        ::_exit(0);
+    }
+    ::close(fds[1]);
+    char got = 0;
+    ASSERT_EQ(::read(fds[0], &got, 1), 1);
+    ::close(fds[0]);
+    if (got == 's') {
+        ::waitpid(outer, nullptr, 0);
+        GTEST_SKIP() << "cannot create a pid namespace here";
+    }
+    ASSERT_EQ(got, 'h');
+    EXPECT_TRUE(l.locked());
+    EXPECT_FALSE(l.recover_dead_holder());  // its pid is not ours to judge
+    EXPECT_TRUE(l.locked());
+    // Killing `outer` kills the namespace's init (death signal), and so every process in it.
+    ::kill(outer, SIGKILL);
+    ::waitpid(outer, nullptr, 0);
 }
