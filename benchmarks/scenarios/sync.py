@@ -1,17 +1,14 @@
-"""Synchronisation primitives: fastmp against multiprocessing, side by side.
+"""Synchronisation primitives: time per operation (lower is better), fork.
 
-    PYTHONPATH=python python benchmarks/bench_sync.py [--rounds 5] [--scale 1.0]
-
-Each round runs every scenario once per library, alternating which library
-goes first; the table shows medians (lower is better: time per operation) and
-the ratio fastmp / multiprocessing (< 1 means fastmp is faster).
+Uncontended Lock/RLock/Semaphore in one process; Event, Barrier(2) and
+Condition as round trips between the parent and one child.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import time
+
+from . import Scenario
 
 
 def _uncontended(ctx_factory, n):
@@ -115,51 +112,16 @@ def _condition_ping_pong(lib, n):
     return dt / n
 
 
-SCENARIOS = {
-    # name: (function, operations per run, unit scale, unit)
-    "Lock acquire+release": (_lock_pair, 1_000_000, 1e9, "ns"),
-    "with Lock": (_lock_with, 1_000_000, 1e9, "ns"),
-    "RLock acquire+release": (_rlock_pair, 1_000_000, 1e9, "ns"),
-    "Semaphore acq+rel": (_sem_pair, 500_000, 1e9, "ns"),
-    "Event ping-pong RTT": (_event_ping_pong, 20_000, 1e6, "us"),
-    "Barrier(2) cycle": (_barrier_cycle, 5_000, 1e6, "us"),
-    "Condition ping-pong": (_condition_ping_pong, 5_000, 1e6, "us"),
-}
+def _row(name, fn, n, scale, unit):
+    return Scenario("sync", name, unit, False, n, lambda lib, count: fn(lib, count) * scale, min_n=10)
 
 
-def run(rounds=5, scale=1.0, names=None, out=print):
-    import multiprocessing
-
-    import fastmp
-
-    libs = {"multiprocessing": multiprocessing, "fastmp": fastmp}
-    names = names or list(SCENARIOS)
-    results = {name: {lib: [] for lib in libs} for name in names}
-    for r in range(rounds):
-        for name in names:
-            fn, n, _s, _u = SCENARIOS[name]
-            order = list(libs) if r % 2 == 0 else list(reversed(libs))
-            for lib in order:
-                results[name][lib].append(fn(libs[lib], max(10, int(n * scale))))
-    out(
-        f"{'scenario':<24} {'multiprocessing':>16} {'fastmp':>12} {'fastmp/mp':>10}   (median of {rounds})"
-    )
-    summary = {}
-    for name in names:
-        _fn, _n, s, unit = SCENARIOS[name]
-        med = {lib: statistics.median(v) for lib, v in results[name].items()}
-        ratio = med["fastmp"] / med["multiprocessing"]
-        summary[name] = ratio
-        out(
-            f"{name:<24} {med['multiprocessing'] * s:>12.2f} {unit:<3} {med['fastmp'] * s:>8.2f} {unit:<3}"
-            f" {ratio:>9.2f}x"
-        )
-    return summary
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--scale", type=float, default=1.0)
-    args = ap.parse_args()
-    run(args.rounds, args.scale)
+SCENARIOS = [
+    _row("Lock acquire+release", _lock_pair, 1_000_000, 1e9, "ns"),
+    _row("with Lock", _lock_with, 1_000_000, 1e9, "ns"),
+    _row("RLock acquire+release", _rlock_pair, 1_000_000, 1e9, "ns"),
+    _row("Semaphore acq+rel", _sem_pair, 500_000, 1e9, "ns"),
+    _row("Event ping-pong RTT", _event_ping_pong, 20_000, 1e6, "us"),
+    _row("Barrier(2) cycle", _barrier_cycle, 5_000, 1e6, "us"),
+    _row("Condition ping-pong", _condition_ping_pong, 5_000, 1e6, "us"),
+]
