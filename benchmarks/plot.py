@@ -104,7 +104,14 @@ def plot_ratios(result, run="normal", ax=None):
     for i, e in enumerate(rows):  # fastmp's value printed at the right
         r = e["ratio"].get("fastmp")
         if r:
-            ax.annotate(f"{r:.2g}x", (hi * 2.2, y[i]), va="center", ha="left", fontsize=8, color=_style("fastmp")[0])
+            ax.annotate(
+                f"{r:.2g}x",
+                (hi * 2.2, y[i]),
+                va="center",
+                ha="left",
+                fontsize=8,
+                color=_style("fastmp")[0],
+            )
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
     ax.set_xlim(lo / 1.6, hi * 4.5)
@@ -117,8 +124,20 @@ def plot_ratios(result, run="normal", ax=None):
         "in brackets: multiprocessing's median; at the right: fastmp's ratio"
     )
     where = "every core busy" if run == "busy" else "normal machine"
-    ax.set_title(f"fastmp and peers against multiprocessing, {where}\n{_subtitle(result, run)}", fontsize=9, pad=24)
-    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(libs), fontsize=8, frameon=False, handletextpad=0.1, columnspacing=0.8)
+    ax.set_title(
+        f"fastmp and peers against multiprocessing, {where}\n{_subtitle(result, run)}",
+        fontsize=9,
+        pad=24,
+    )
+    ax.legend(
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(libs),
+        fontsize=8,
+        frameon=False,
+        handletextpad=0.1,
+        columnspacing=0.8,
+    )
     fig.tight_layout()
     return fig
 
@@ -139,17 +158,33 @@ def plot_busy(result, ax=None):
         a = normal.get((e["group"], e["name"]), {}).get("ratio", {}).get("fastmp")
         b = e["ratio"].get("fastmp")
         if a:
-            ax.barh(y[i] + 0.2, a, height=0.38, color="#d62728", label="normal machine" if i == 0 else None)
+            ax.barh(
+                y[i] + 0.2,
+                a,
+                height=0.38,
+                color="#d62728",
+                label="normal machine" if i == 0 else None,
+            )
         if b:
-            ax.barh(y[i] - 0.2, b, height=0.38, color="#ff9896", label="every core busy" if i == 0 else None)
+            ax.barh(
+                y[i] - 0.2,
+                b,
+                height=0.38,
+                color="#ff9896",
+                label="every core busy" if i == 0 else None,
+            )
             ax.annotate(f"{b:.2g}x", (max(b, 1.0) * 1.1, y[i] - 0.2), va="center", fontsize=7)
     ax.axvline(1.0, color="black", lw=1)
     ax.set_xscale("log")
     ax.set_yticks(y)
     ax.set_yticklabels([f"{e['group']}: {e['name']}" for e in busy], fontsize=8)
     ax.set_xlabel("fastmp: times faster than multiprocessing (log scale)")
-    ax.set_title(f"fastmp on a normal and on a busy machine\n{_subtitle(result, 'busy')}", fontsize=9)
-    ax.set_xlabel("fastmp: times faster than multiprocessing (log scale; right of the line: faster)")
+    ax.set_title(
+        f"fastmp on a normal and on a busy machine\n{_subtitle(result, 'busy')}", fontsize=9
+    )
+    ax.set_xlabel(
+        "fastmp: times faster than multiprocessing (log scale; right of the line: faster)"
+    )
     ax.grid(axis="x", which="both", color="#eeeeee")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -248,7 +283,9 @@ def write_all(json_path, outdir=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("json", help="a JSON written by python -m benchmarks.run")
     ap.add_argument("--outdir", help="where to write the PNGs (default: next to the JSON)")
     args = ap.parse_args(argv)

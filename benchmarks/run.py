@@ -119,7 +119,9 @@ def discover_libs(wanted=None):
                 mod = importlib.import_module("UltraDict")
                 importlib.import_module("atomics")  # its shared lock needs it
         except Exception as exc:  # noqa: BLE001
-            notes[name] = f"skipped: import failed ({type(exc).__name__}: {exc}); pip install {dist}"
+            notes[name] = (
+                f"skipped: import failed ({type(exc).__name__}: {exc}); pip install {dist}"
+            )
             continue
         lib = Lib(name, mod, _version(dist, mod), mp_api, fast)
         if name == "faster-fifo":
@@ -200,11 +202,13 @@ class Progress:
             return
         width = 30
         bar = "#" * int(self.done / self.total * width)
-        line = f"[{bar:<{width}}] {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s {label}"
+        line = (
+            f"[{bar:<{width}}] {self.done}/{self.total} {time.monotonic() - self.t0:5.0f}s {label}"
+        )
         if self.tty:
             sys.stderr.write("\r\033[K" + line[:150] + ("\n" if self.done == self.total else ""))
-        else:
-            sys.stderr.write(line + "\n")
+        elif self.done * 20 // self.total != (self.done - 1) * 20 // self.total:
+            sys.stderr.write(line + "\n")  # a log or a notebook: one line per 5 %
         sys.stderr.flush()
 
 
@@ -227,7 +231,13 @@ def _summarise(entry, higher):
     }
 
 
-def run_rows(scenarios: list[Scenario], libs, rounds, scale, timeout, progress, keep=()):
+def run_rows(
+    scenarios: list[Scenario], libs, rounds, scale, timeout, progress, keep=(), target=0.5
+):
+    """Every scenario for every library, `rounds` times, interleaved. A library
+    whose measurement took more than twice `target` seconds does proportionally
+    less work in the next rounds (the unit is a rate or a time per operation, so
+    the value stays comparable; `work` in the JSON records what was done)."""
     plan = [(sc, [lib for lib in libs if _impl(sc, lib)]) for sc in scenarios]
     out = [
         {
@@ -238,33 +248,47 @@ def run_rows(scenarios: list[Scenario], libs, rounds, scale, timeout, progress, 
             "samples": {lib.name: [] for lib in here},
             "work": {},
             "errors": {},
+            "seconds": 0.0,
         }
         for sc, here in plan
     ]
+    shrunk: list[dict] = [{} for _ in plan]
     for r in range(rounds):
-        for (sc, here), entry in zip(plan, out):
+        for (sc, here), entry, work in zip(plan, out, shrunk):
             for lib in _rotated(here, r):
                 label = f"round {r + 1}/{rounds} {sc.group}: {sc.name} [{lib.name}]"
                 if lib.name in entry["errors"]:
                     progress.step(label + " (skipped)")
                     continue
-                count = max(sc.min_n, int(sc.n * scale * (sc.fast if lib.fast else 1)))
-                entry["work"][lib.name] = count
+                count = work.get(lib.name) or max(
+                    sc.min_n, int(sc.n * scale * (sc.fast if lib.fast else 1))
+                )
+                entry["work"].setdefault(lib.name, []).append(count)
                 _set_buffer(lib, sc.item_bytes)
+                t0 = time.monotonic()
                 try:
-                    entry["samples"][lib.name].append(_measure(_impl(sc, lib), (lib, count), timeout, keep))
+                    entry["samples"][lib.name].append(
+                        _measure(_impl(sc, lib), (lib, count), timeout, keep)
+                    )
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # noqa: BLE001
                     entry["errors"][lib.name] = f"{type(exc).__name__}: {exc}"[:300]
+                elapsed = time.monotonic() - t0
+                entry["seconds"] += elapsed
+                if sc.n and elapsed > 2 * target:  # slow library: less work next round
+                    work[lib.name] = max(sc.min_n, int(count * target / elapsed))
                 progress.step(label)
     for (sc, _here), entry in zip(plan, out):
         _summarise(entry, sc.higher_is_better)
     return out
 
 
-def run_curves(curves: list[Curve], libs, rounds, scale, quick, timeout, progress, keep=()):
+def run_curves(
+    curves: list[Curve], libs, rounds, scale, quick, timeout, progress, keep=(), target=0.5
+):
     out = []
+    shrink: dict[str, float] = {}  # a slow point gets a smaller scale in the next rounds
     for c in curves:
         xs = c.xs_quick if quick else c.xs_full
         here = [lib for lib in libs if _impl(c, lib)]
@@ -287,13 +311,22 @@ def run_curves(curves: list[Curve], libs, rounds, scale, quick, timeout, progres
                 for lib in _rotated(entry["_here"], r):
                     label = f"round {r + 1}/{rounds} curve {c.name} x={x} [{lib.name}]"
                     key = f"{lib.name} x={x}"
-                    if any(k.startswith(lib.name + " x=") and int(k.split("=")[1]) <= x for k in entry["errors"]):
+                    if any(
+                        k.startswith(lib.name + " x=") and int(k.split("=")[1]) <= x
+                        for k in entry["errors"]
+                    ):
                         progress.step(label + " (skipped)")
                         continue  # failed at a smaller x: larger ones will too
                     _set_buffer(lib, c.item_bytes(x))
+                    t0 = time.monotonic()
                     try:
-                        value = _measure(_impl(c, lib), (lib, x, scale), timeout, keep)
+                        value = _measure(
+                            _impl(c, lib), (lib, x, shrink.get(key, scale)), timeout, keep
+                        )
                         entry["series"][lib.name]["samples"][i].append(value)
+                        elapsed = time.monotonic() - t0
+                        if elapsed > 2 * target:
+                            shrink[key] = shrink.get(key, scale) * target / elapsed
                     except KeyboardInterrupt:
                         raise
                     except BaseException as exc:  # noqa: BLE001
@@ -353,7 +386,8 @@ def _select(items, only):
     return [
         s
         for s in items
-        if getattr(s, "group", s.name.split("-")[0]) in only or any(o in s.name.lower() for o in names)
+        if getattr(s, "group", s.name.split("-")[0]) in only
+        or any(o in s.name.lower() for o in names)
     ]
 
 
@@ -371,7 +405,8 @@ def run(
 ):
     """Runs the benchmark and returns the result dict (also written to `out` unless out is False)."""
     rounds = rounds or (3 if quick else 5)
-    scale = scale or (0.04 if quick else 0.4)
+    scale = scale or (0.04 if quick else 0.25)
+    target = 0.08 if quick else 0.4
     curve_rounds = 1 if quick else 3
     curve_scale = scale / 2 if quick else scale
     timeout = timeout or (60 if quick else 180)
@@ -389,6 +424,7 @@ def run(
             "busy": busy,
             "start_method": "fork",
             "timeout_s": timeout,
+            "target_s": target,
         },
         "machine": machine(),
         "libraries": {
@@ -407,7 +443,8 @@ def run(
         n_rows = sum(len([lib for lib in lib_objs if _impl(s, lib)]) for s in scenarios) * rounds
         n_curves = (
             sum(
-                len(c.xs_quick if quick else c.xs_full) * len([lib for lib in lib_objs if _impl(c, lib)])
+                len(c.xs_quick if quick else c.xs_full)
+                * len([lib for lib in lib_objs if _impl(c, lib)])
                 for c in curve_list
             )
             * curve_rounds
@@ -418,11 +455,19 @@ def run(
         t0, load0 = time.monotonic(), list(os.getloadavg())
         run_result = {
             "load_before": load0,
-            "rows": run_rows(scenarios, lib_objs, rounds, scale, timeout, progress, keep),
+            "rows": run_rows(scenarios, lib_objs, rounds, scale, timeout, progress, keep, target),
         }
         if kind == "normal" and curve_list:
             run_result["curves"] = run_curves(
-                curve_list, lib_objs, curve_rounds, curve_scale, quick, timeout, progress, keep
+                curve_list,
+                lib_objs,
+                curve_rounds,
+                curve_scale,
+                quick,
+                timeout,
+                progress,
+                keep,
+                target,
             )
         run_result["load_after"] = list(os.getloadavg())
         run_result["seconds"] = round(time.monotonic() - t0, 1)
@@ -464,24 +509,33 @@ def report(result, stream=None):
     )
     for kind, run_result in result["runs"].items():
         print(f"\n== {kind} machine ==  (ratio = times faster than multiprocessing)", file=stream)
-        head = f"{'scenario':<42} {'multiprocessing':>18} " + " ".join(f"{n[:12]:>12}" for n in libs)
+        head = f"{'scenario':<42} {'multiprocessing':>18} " + " ".join(
+            f"{n[:12]:>12}" for n in libs
+        )
         print(head, file=stream)
         for e in run_result["rows"]:
             base = e["median"].get(STDLIB)
             cells = []
             for n in libs:
                 r = e["ratio"].get(n)
-                cells.append(f"{('err' if n in e['errors'] else '') if r is None else f'{r:.2f}x':>12}")
+                cells.append(
+                    f"{('err' if n in e['errors'] else '') if r is None else f'{r:.2f}x':>12}"
+                )
             print(
-                f"{(e['group'] + ': ' + e['name'])[:42]:<42} {_fmt(base):>10} {e['unit']:<7} " + " ".join(cells),
+                f"{(e['group'] + ': ' + e['name'])[:42]:<42} {_fmt(base):>10} {e['unit']:<7} "
+                + " ".join(cells),
                 file=stream,
             )
         for e in run_result.get("curves", []):
             print(f"\n{e['title']} ({e['unit']}, medians)", file=stream)
-            print(f"{e['x_label'][:20]:<20} " + " ".join(f"{n[:12]:>12}" for n in e["series"]), file=stream)
+            print(
+                f"{e['x_label'][:20]:<20} " + " ".join(f"{n[:12]:>12}" for n in e["series"]),
+                file=stream,
+            )
             for i, x in enumerate(e["x"]):
                 print(
-                    f"{x:<20} " + " ".join(f"{_fmt(s['median'][i]):>12}" for s in e["series"].values()),
+                    f"{x:<20} "
+                    + " ".join(f"{_fmt(s['median'][i]):>12}" for s in e["series"].values()),
                     file=stream,
                 )
     if result.get("path"):
@@ -489,15 +543,31 @@ def report(result, stream=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="about a minute: fewer rounds, less work, fewer curve points")
-    ap.add_argument("--busy", action="store_true", help="run the rows again with every core kept busy")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="about a minute: fewer rounds, less work, fewer curve points",
+    )
+    ap.add_argument(
+        "--busy", action="store_true", help="run the rows again with every core kept busy"
+    )
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
-    ap.add_argument("--scale", type=float, help="multiplies every scenario's work (default 0.4, quick 0.04)")
-    ap.add_argument("--only", action="append", help="a group (queue, pipe, sync, sharedctypes, pool, manager, pickling) or part of a scenario or curve name; repeatable")
+    ap.add_argument(
+        "--scale", type=float, help="multiplies every scenario's work (default 0.4, quick 0.04)"
+    )
+    ap.add_argument(
+        "--only",
+        action="append",
+        help="a group (queue, pipe, sync, sharedctypes, pool, manager, pickling) or part of a scenario or curve name; repeatable",
+    )
     ap.add_argument("--libs", help="comma-separated peers to try (default: all that import)")
     ap.add_argument("--no-curves", action="store_true", help="rows only")
-    ap.add_argument("--timeout", type=float, help="seconds allowed for one measurement (default 180, quick 60)")
+    ap.add_argument(
+        "--timeout", type=float, help="seconds allowed for one measurement (default 180, quick 60)"
+    )
     ap.add_argument("--out", help="JSON path (default benchmarks/results/{quick,full}.json)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

@@ -63,7 +63,9 @@ def test_dispatch_table_is_a_plain_dict():
     assert type(reduction._pickler.dispatch_table) is dict
 
 
-@pytest.mark.parametrize("send", [_through_queue, _through_pipe, lambda o: pickle.loads(reduction.dumps(o))])
+@pytest.mark.parametrize(
+    "send", [_through_queue, _through_pipe, lambda o: pickle.loads(reduction.dumps(o))]
+)
 def test_registrations_after_import_are_honoured(unregister, send):
     plain = send([Registered(1)])
     assert isinstance(plain[0], Registered)  # nothing registered yet

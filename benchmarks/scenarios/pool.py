@@ -2,7 +2,7 @@
 
 multiprocess and billiard run the Pool rows through their Pool; loky runs
 map (executor.map with Pool.map's default chunk size), startup and executor
-submit; mpire runs apply_async, both maps and startup (WorkerPool(2)).
+submit; mpire runs apply_async, map 200k and startup (WorkerPool(2)).
 
   apply_async      trivial task, submitted back to back, then all results read  (tasks/s)
   map 200k         Pool.map of a trivial function over a list of 200_000 ints   (items/s)
@@ -153,15 +153,16 @@ SCENARIOS = [
         fast=4,
         min_n=100,
     ),
-    Scenario("pool", "map 200k", "items/s", True, 0, _map, peers={"loky": _loky_map, "mpire": _mpire_map}),
+    Scenario(
+        "pool", "map 200k", "items/s", True, 0, _map, peers={"loky": _loky_map, "mpire": _mpire_map}
+    ),
     Scenario(
         "pool",
         "map range(200k)",
         "items/s",
         True,
         0,
-        _map_range,
-        peers={"mpire": lambda lib, n: _mpire_map(lib, n, range(200_000))},
+        _map_range,  # (mpire only in "map 200k": its map of small tasks is slow, 10 s here)
     ),
     Scenario(
         "pool",

@@ -113,7 +113,9 @@ def _condition_ping_pong(lib, n):
 
 
 def _row(name, fn, n, scale, unit):
-    return Scenario("sync", name, unit, False, n, lambda lib, count: fn(lib, count) * scale, min_n=10)
+    return Scenario(
+        "sync", name, unit, False, n, lambda lib, count: fn(lib, count) * scale, min_n=10
+    )
 
 
 SCENARIOS = [

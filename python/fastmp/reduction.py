@@ -80,6 +80,7 @@ def _current_dispatch_table() -> dict:
     _fastmp._sync_dispatch_table()
     return _dispatch_table
 
+
 # The native side keeps one C pickler whose output goes straight into a list
 # (no BytesIO bookkeeping per message): it takes the chunks and clears the memo.
 # Protocol-5 out-of-band buffers (numpy arrays, PickleBuffer) go to a second
