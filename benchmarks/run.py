@@ -177,6 +177,20 @@ def _kill_children(keep=()):
             pass
 
 
+def _reap():
+    """Joins the stdlib's finished children, kills any still running. Pools of
+    the peers (mpire, loky) are stdlib Process objects: left in the stdlib's
+    list, a billiard child, whose exit handler is the stdlib's, would try to
+    join them, fail, and exit before flushing its queue."""
+    import multiprocessing
+
+    for p in multiprocessing.active_children():
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
 def _measure(fn, args, timeout, keep):
     old = signal.signal(signal.SIGALRM, _on_alarm)
     signal.setitimer(signal.ITIMER_REAL, timeout)
@@ -189,6 +203,7 @@ def _measure(fn, args, timeout, keep):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        _reap()
 
 
 class Progress:
