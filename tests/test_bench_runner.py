@@ -102,3 +102,15 @@ def test_curves_and_plots(tmp_path):
         "r-ratios.png",
     ]
     assert all(p.stat().st_size > 1000 for p in written)
+
+
+def test_python_m_fastmp_progress_bar_counts_to_the_total():
+    import io
+
+    from fastmp._bench import _Progress
+
+    out = io.StringIO()
+    bar = _Progress(2, stream=out, width=4)
+    bar.step("a")
+    bar.step("b")
+    assert out.getvalue().splitlines() == ["[##  ] 1/2 a", "[####] 2/2 b"]

@@ -13,7 +13,7 @@ faster-fifo, loky, mpire and UltraDict when installed; throughput curves;
     pip install '.[bench]'
     python -m benchmarks.run --quick          # about a minute; JSON in benchmarks/results/
     python benchmarks/plot.py benchmarks/results/quick.json
-    jupyter lab benchmarks/fastmp_benchmarks.ipynb   # the notebook: figures and how to read them
+    scripts/check_notebook.sh --write    # runs benchmarks/fastmp_benchmarks.ipynb (figures, how to read them)
 """
 
 
