@@ -424,7 +424,7 @@ def run(
     target = 0.08 if quick else 0.4
     curve_rounds = 1 if quick else 3
     curve_scale = scale / 2 if quick else scale
-    timeout = timeout or (60 if quick else 180)
+    timeout = timeout or (60 if quick else 90)
     lib_objs, notes = discover_libs(set(libs.split(",")) if isinstance(libs, str) else libs)
     scenarios = _select(all_scenarios(), only)
     curve_list = _select(all_curves(), only) if curves else []
@@ -581,7 +581,7 @@ def main(argv=None):
     ap.add_argument("--libs", help="comma-separated peers to try (default: all that import)")
     ap.add_argument("--no-curves", action="store_true", help="rows only")
     ap.add_argument(
-        "--timeout", type=float, help="seconds allowed for one measurement (default 180, quick 60)"
+        "--timeout", type=float, help="seconds allowed for one measurement (default 90, quick 60)"
     )
     ap.add_argument("--out", help="JSON path (default benchmarks/results/{quick,full}.json)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
