@@ -11,7 +11,8 @@ multiprocessing API), faster-fifo (queue rows), loky and mpire (pool rows
 where their APIs map), UltraDict (Manager dict rows); a peer that does not
 import is listed with the reason in the JSON. ``--busy`` runs the rows again
 while every core runs a CPU-bound process, and reports both. ``--quick``
-takes about a minute; the full run about fifteen (the curves are most of it).
+takes about a minute (two on a loaded machine); the full run about 8 minutes on
+the 2-core project machine under load, twice that with --busy.
 
 The JSON (default benchmarks/results/{quick,full}.json) holds the machine's
 description, the libraries' versions, every sample, the medians and ratios;
@@ -571,7 +572,7 @@ def main(argv=None):
     )
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
     ap.add_argument(
-        "--scale", type=float, help="multiplies every scenario's work (default 0.4, quick 0.04)"
+        "--scale", type=float, help="multiplies every scenario's work (default 0.25, quick 0.04)"
     )
     ap.add_argument(
         "--only",
