@@ -306,7 +306,9 @@ def test_stdlib_connection_is_pickled_the_stdlib_way():
     a, b = multiprocessing.Pipe()
     try:
         assert type(a) in ForkingPickler._extra_reducers
-        assert reduction._dispatch_table[type(a)] is ForkingPickler._extra_reducers[type(a)]
+        assert (
+            reduction._current_dispatch_table()[type(a)] is ForkingPickler._extra_reducers[type(a)]
+        )
     finally:
         a.close()
         b.close()

@@ -13,6 +13,18 @@ struct pickling_state {
     py::object oob;       // list its buffer_callback appends PickleBuffers to
     py::object fallback;  // fastmp.reduction._dumps_fallback(obj) -> bytes, or raises
     py::object loads;     // pickle.loads
+    // The pickler's dispatch table is a plain dict (a per-object dict lookup,
+    // not a ChainMap's Python __getitem__), refilled by `rebuild` whenever one
+    // of its sources (copyreg.dispatch_table, ForkingPickler._extra_reducers)
+    // has changed since the last refill.
+    py::object rebuild;
+    py::object sources[2];
+#if PY_VERSION_HEX >= 0x030C0000
+    int watcher = -1;  // dict watchers (3.12+) flag any change of a source
+    bool stale = true;
+#else
+    std::uint64_t versions[2] = {0, 0};  // ma_version_tag changes on every mutation
+#endif
     py::str dump = py::str("dump"), clear_memo = py::str("clear_memo"), buffers = py::str("buffers");
     bool in_use = false;
 };
@@ -27,6 +39,35 @@ std::size_t align_up(std::size_t n) { return (n + oob_align - 1) & ~(oob_align -
 
 pickling_state* state = nullptr;
 
+#if PY_VERSION_HEX >= 0x030C0000
+int on_source_change(PyDict_WatchEvent, PyObject*, PyObject*, PyObject*) {
+    if (state) state->stale = true;
+    return 0;
+}
+#endif
+
+// Refills the dispatch table if copyreg.pickle(), ForkingPickler.register()
+// or a direct assignment changed a source since the last refill.
+void sync_dispatch_table(pickling_state& st) {
+    if (!st.rebuild) return;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (!st.stale) return;
+    st.stale = false;
+    try {
+        st.rebuild();
+    } catch (...) {
+        st.stale = true;
+        throw;
+    }
+#else
+    std::uint64_t now[2];
+    for (int i = 0; i < 2; ++i) now[i] = reinterpret_cast<PyDictObject*>(st.sources[i].ptr())->ma_version_tag;
+    if (now[0] == st.versions[0] && now[1] == st.versions[1]) return;
+    st.rebuild();
+    for (int i = 0; i < 2; ++i) st.versions[i] = now[i];
+#endif
+}
+
 pickling_state& get_state() {
     if (!state || !state->pickler) {
         // fastmp.reduction installs itself on import.
@@ -39,6 +80,7 @@ pickling_state& get_state() {
 py::object pickle_object(py::handle obj, py::list& oob_out) {
     pickling_state& st = get_state();
     if (st.in_use) return st.fallback(obj);  // re-entered from a __reduce__: keep it simple
+    sync_dispatch_table(st);
     st.in_use = true;
     PyObject* chunks = st.chunks.ptr();
     PyObject* oob = st.oob.ptr();
@@ -229,14 +271,34 @@ void init_pickling(py::module_& m) {
     state = new pickling_state();  // lives as long as the interpreter; never freed at exit on purpose
     m.def(
         "_install_pickling",
-        [](py::object pickler, py::list chunks, py::list oob, py::object fallback, py::object loads) {
+        [](py::object pickler, py::list chunks, py::list oob, py::object fallback, py::object loads, py::object rebuild,
+           py::dict copyreg_table, py::dict extra_reducers) {
             state->pickler = std::move(pickler);
             state->chunks = std::move(chunks);
             state->oob = std::move(oob);
             state->fallback = std::move(fallback);
             state->loads = std::move(loads);
+            state->rebuild = std::move(rebuild);
+            state->sources[0] = std::move(copyreg_table);
+            state->sources[1] = std::move(extra_reducers);
+#if PY_VERSION_HEX >= 0x030C0000
+            if (state->watcher < 0) {
+                state->watcher = PyDict_AddWatcher(on_source_change);
+                if (state->watcher < 0) throw py::error_already_set();
+            }
+            for (auto& d : state->sources)
+                if (PyDict_Watch(state->watcher, d.ptr()) != 0) throw py::error_already_set();
+            state->stale = true;
+#else
+            state->versions[0] = state->versions[1] = 0;  // 0 is never a live dict's version
+#endif
+            sync_dispatch_table(*state);
         },
-        "Called once by fastmp.reduction: the fast pickler, its output and buffer lists, the fallback and loads.");
+        "Called once by fastmp.reduction: the fast pickler, its output and buffer lists, the fallback, loads, "
+        "and the dispatch table's rebuild function and sources (copyreg's table, ForkingPickler's reducers).");
+    m.def(
+        "_sync_dispatch_table", [] { sync_dispatch_table(get_state()); },
+        "Refills fastmp.reduction's dispatch table if a reducer was registered since the last refill.");
     m.def(
         "_encode_tag",
         [](py::handle obj) {

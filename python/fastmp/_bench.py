@@ -1,13 +1,15 @@
 """Side-by-side queue benchmarks: fastmp against multiprocessing, interleaved.
 
-Used by ``python -m fastmp`` (a short demo) and ``benchmarks/bench_queue.py``
-(the full run). Each round runs every scenario once per library, alternating
-which library goes first, and reports medians and their ratio.
+Used by ``python -m fastmp`` (a short demo) and by the queue rows of the full
+benchmark runner (``python -m benchmarks.run`` in a source checkout). Each
+round runs every scenario once per library, alternating which library goes
+first, and reports medians and their ratio.
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 
@@ -41,22 +43,27 @@ def _one_to_one(lib, n, item):
     return n / (end - t0)
 
 
-def _two_to_two(lib, n, item):
+def _n_to_n(lib, n, item, pairs=2):
+    """``pairs`` producers -> ``pairs`` consumers sharing one queue; msg/s overall."""
     ctx = lib.get_context("fork")
     q, done, go = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    half = n // 2
-    procs = [ctx.Process(target=_consume, args=(q, done, half)) for _ in range(2)]
-    procs += [ctx.Process(target=_produce, args=(q, go, half, item)) for _ in range(2)]
+    each = max(1, n // pairs)
+    procs = [ctx.Process(target=_consume, args=(q, done, each)) for _ in range(pairs)]
+    procs += [ctx.Process(target=_produce, args=(q, go, each, item)) for _ in range(pairs)]
     for p in procs:
         p.start()
     time.sleep(0.2)
     t0 = time.perf_counter()
-    go.put(None)
-    go.put(None)
-    end = max(done.get(), done.get())
+    for _ in range(pairs):
+        go.put(None)
+    end = max(done.get() for _ in range(pairs))
     for p in procs:
         p.join()
-    return 2 * half / (end - t0)
+    return pairs * each / (end - t0)
+
+
+def _two_to_two(lib, n, item):
+    return _n_to_n(lib, n, item, 2)
 
 
 SCENARIOS = {
@@ -68,7 +75,29 @@ SCENARIOS = {
 }
 
 
-def run(rounds=5, scale=1.0, scenarios=None, out=print):
+class _Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal)."""
+
+    def __init__(self, total, stream=None, width=30):
+        self.total, self.done, self.width = max(1, total), 0, width
+        self.stream = sys.stderr if stream is None else stream
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def step(self, label):
+        self.done += 1
+        frac = self.done / self.total
+        bar = "#" * int(frac * self.width)
+        line = f"[{bar:<{self.width}}] {self.done}/{self.total} {label}"
+        if self.tty:
+            self.stream.write("\r\033[K" + line)
+            if self.done == self.total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def run(rounds=5, scale=1.0, scenarios=None, out=print, progress=True):
     import multiprocessing
 
     import fastmp
@@ -76,6 +105,7 @@ def run(rounds=5, scale=1.0, scenarios=None, out=print):
     libs = {"multiprocessing": multiprocessing, "fastmp": fastmp}
     names = scenarios or list(SCENARIOS)
     results = {name: {lib: [] for lib in libs} for name in names}
+    bar = _Progress(rounds * len(names) * len(libs)) if progress else None
     for r in range(rounds):
         for name in names:
             fn, n, item, _unit = SCENARIOS[name]
@@ -84,6 +114,8 @@ def run(rounds=5, scale=1.0, scenarios=None, out=print):
                 # fastmp gets more messages so both runs last long enough to time.
                 count = max(100, int(n * scale * (5 if lib == "fastmp" else 1)))
                 results[name][lib].append(fn(libs[lib], count, item))
+                if bar:
+                    bar.step(f"round {r + 1}/{rounds}: {name}, {lib}")
     out(
         f"{'scenario':<20} {'multiprocessing':>18} {'fastmp':>18} {'ratio':>8}   (median of {rounds})"
     )

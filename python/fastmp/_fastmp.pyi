@@ -4,8 +4,16 @@ from collections.abc import Iterable
 from typing import Any
 
 def _install_pickling(
-    pickler: Any, chunks: list[bytes], oob: list[Any], fallback: Any, loads: Any
+    pickler: Any,
+    chunks: list[bytes],
+    oob: list[Any],
+    fallback: Any,
+    loads: Any,
+    rebuild: Any,
+    copyreg_table: dict[Any, Any],
+    extra_reducers: dict[Any, Any],
 ) -> None: ...
+def _sync_dispatch_table() -> None: ...
 def _encode_tag(obj: object) -> int: ...
 
 class Queue:

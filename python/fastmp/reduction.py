@@ -1,15 +1,18 @@
 """Pickling policy (DESIGN.md, 8), and the stdlib's multiprocessing.reduction names.
 
 fastmp pickles on the hot path with one persistent C pickler (protocol 5)
-whose dispatch table is ForkingPickler's reducers chained to copyreg's, so
-objects that multiprocessing reduces specially are reduced the same way. When
+whose dispatch table is copyreg's reducers overlaid with ForkingPickler's, so
+objects that multiprocessing reduces specially are reduced the same way. The
+table is a plain dict (a ChainMap made every pickled object pay a Python-level
+lookup), refilled before the next dump whenever a reducer was registered
+(ForkingPickler.register, reduction.register, copyreg.pickle, or an assignment
+into either table). When
 that fails, :func:`_dumps_fallback` tries ForkingPickler itself and then
 cloudpickle, which carries lambdas, local functions and closures by value.
 """
 
 from __future__ import annotations
 
-import collections
 import copyreg
 import io
 import pickle
@@ -46,6 +49,7 @@ def _dumps_fallback(obj) -> bytes:
 
 def dumps(obj) -> bytes:
     """Pickles obj as fastmp's transports do (fast pickler, then fallbacks)."""
+    _fastmp._sync_dispatch_table()
     buf = io.BytesIO()
     p = pickle.Pickler(buf, HIGHEST_PROTOCOL)
     p.dispatch_table = _dispatch_table
@@ -58,8 +62,25 @@ def dumps(obj) -> bytes:
 
 loads = pickle.loads
 
-# A live view: reducers registered later with reduction.register() apply too.
-_dispatch_table = collections.ChainMap(ForkingPickler._extra_reducers, copyreg.dispatch_table)  # type: ignore[attr-defined]
+# Refilled in place (the picklers hold this very dict) by the native side when
+# copyreg.dispatch_table or ForkingPickler._extra_reducers changed since the
+# last refill: it watches both (dict watchers, or their version tags < 3.12).
+_dispatch_table: dict = {}
+
+
+def _rebuild_dispatch_table() -> None:
+    table = dict(copyreg.dispatch_table)
+    table.update(ForkingPickler._extra_reducers)  # type: ignore[attr-defined]
+    _dispatch_table.clear()
+    _dispatch_table.update(table)
+
+
+def _current_dispatch_table() -> dict:
+    """The fast picklers' dispatch table, brought up to date first."""
+    _fastmp._sync_dispatch_table()
+    return _dispatch_table
+
+
 # The native side keeps one C pickler whose output goes straight into a list
 # (no BytesIO bookkeeping per message): it takes the chunks and clears the memo.
 # Protocol-5 out-of-band buffers (numpy arrays, PickleBuffer) go to a second
@@ -70,7 +91,16 @@ _pickler = pickle.Pickler(
     types.SimpleNamespace(write=_chunks.append), HIGHEST_PROTOCOL, buffer_callback=_oob.append
 )
 _pickler.dispatch_table = _dispatch_table
-_fastmp._install_pickling(_pickler, _chunks, _oob, _dumps_fallback, pickle.loads)
+_fastmp._install_pickling(
+    _pickler,
+    _chunks,
+    _oob,
+    _dumps_fallback,
+    pickle.loads,
+    _rebuild_dispatch_table,
+    copyreg.dispatch_table,
+    ForkingPickler._extra_reducers,  # type: ignore[attr-defined]
+)
 
 
 def _fd_for_child(fd: int):

@@ -1,9 +1,4 @@
-"""Shared ctypes, fastmp against multiprocessing, side by side and interleaved.
-
-    PYTHONPATH=python python benchmarks/bench_sharedctypes.py [--rounds 5] [--method fork]
-
-Scenarios (each round runs every scenario once per library, alternating which
-library goes first; the table shows medians and fastmp / multiprocessing):
+"""Shared ctypes rows (higher is better).
 
 - ``Value += 1 under get_lock(), 2 procs``: two children each run
   ``with v.get_lock(): v.value += 1`` n times; ops/s over both.
@@ -18,13 +13,9 @@ this measures the accessor path and the memory, with the lock of the build.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+from . import Scenario
 
 
 def _wait_go(go):
@@ -104,48 +95,15 @@ def value_read(lib, method, n):
     return n / (time.perf_counter() - t0)
 
 
-SCENARIOS = {
-    # name: (function, n, unit)
-    "Value += 1 under get_lock(), 2 procs": (value_incr, 200_000, "ops/s"),
-    "Array item reads, child": (array_items, 1_000_000, "items/s"),
-    "Array slice reads (8 MiB), child": (array_slices, 5, "MB/s"),
-    "Value.value read, 1 proc": (value_read, 1_000_000, "reads/s"),
-}
+def _row(name, fn, n, unit, min_n=1):
+    return Scenario(
+        "sharedctypes", name, unit, True, n, lambda lib, count: fn(lib, "fork", count), min_n=min_n
+    )
 
 
-def run(rounds=5, method="fork", scale=1.0, out=print):
-    import multiprocessing
-
-    import fastmp
-
-    libs = {"multiprocessing": multiprocessing, "fastmp": fastmp}
-    results = {name: {lib: [] for lib in libs} for name in SCENARIOS}
-    for r in range(rounds):
-        for name, (fn, n, _unit) in SCENARIOS.items():
-            order = list(libs) if r % 2 == 0 else list(reversed(libs))
-            for lib in order:
-                results[name][lib].append(fn(libs[lib], method, max(1, int(n * scale))))
-    out(f"start method: {method}; median of {rounds} interleaved rounds")
-    out(f"{'scenario':<38} {'multiprocessing':>20} {'fastmp':>20} {'ratio':>7}")
-    summary = {}
-    for name, (_fn, _n, unit) in SCENARIOS.items():
-        med = {lib: statistics.median(v) for lib, v in results[name].items()}
-        ratio = med["fastmp"] / med["multiprocessing"]
-        summary[name] = ratio
-        out(
-            f"{name:<38} {med['multiprocessing']:>12,.0f} {unit:<7} {med['fastmp']:>12,.0f} {unit:<7} {ratio:>6.2f}x"
-        )
-    return summary
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--method", default="fork", choices=["fork", "spawn", "forkserver"])
-    ap.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's size")
-    args = ap.parse_args(argv)
-    run(args.rounds, args.method, args.scale)
-
-
-if __name__ == "__main__":
-    main()
+SCENARIOS = [
+    _row("Value += 1 under get_lock(), 2 procs", value_incr, 200_000, "ops/s"),
+    _row("Array item reads, child", array_items, 1_000_000, "items/s"),
+    _row("Array slice reads (8 MiB), child", array_slices, 10, "MB/s", min_n=3),
+    _row("Value.value read, 1 proc", value_read, 1_000_000, "reads/s"),
+]

@@ -1,0 +1,1 @@
+"""fastmp benchmarks: ``python -m benchmarks.run`` (see run.py), ``benchmarks/plot.py``."""
