@@ -46,6 +46,16 @@ struct fd_guard {
 
 std::size_t header_bytes() { return page_size(); }
 
+// bell_lock guards a flag and one byte's send/recv: a few microseconds. A
+// dead holder is reported by the kernel (the state needs no repair).
+struct bell_guard {
+    process_mutex& m;
+    explicit bell_guard(process_mutex& mu) noexcept : m(mu) { m.lock(); }
+    ~bell_guard() { m.unlock(); }
+    bell_guard(const bell_guard&) = delete;
+    bell_guard& operator=(const bell_guard&) = delete;
+};
+
 }  // namespace
 
 static_assert(sizeof(channel_header) <= 4096, "channel header must fit in one page");
@@ -63,6 +73,8 @@ std::pair<channel_end, channel_end> channel_end::create_pair(bool duplex) {
     h->layout_version = layout_version;
     h->header_size = sizeof(channel_header);
     h->duplex = duplex ? 1 : 0;
+    h->dir[0].bell_lock.init();
+    h->dir[1].bell_lock.init();
     b.header_fd_ = unique_fd(dup_cloexec(a.header_fd_.get()));
     b.header_ = mapping(b.header_fd_.get(), 0, header_bytes());
     // dir[0] is written by side 0. One-way: a (side 1) reads, b (side 0) writes.
@@ -151,7 +163,7 @@ void channel_end::send(const message_view& m) {
 
 void channel_end::ring() noexcept {
     channel_direction& d = tx_dir();
-    robust_lock_guard g(d.bell_lock);
+    bell_guard g(d.bell_lock);
     if (atomic(d.bell).load(std::memory_order_relaxed) || tx_->size_approx() == 0) return;
     char byte = 0;
     // The peer's receive buffer holds at most one doorbell per direction, so
@@ -168,7 +180,7 @@ void channel_end::drain_socket() noexcept {
 
 void channel_end::unring() noexcept {
     channel_direction& d = rx_dir();
-    robust_lock_guard g(d.bell_lock);
+    bell_guard g(d.bell_lock);
     if (rx_->size_approx() != 0) return;
     // Clear the flag before draining: a reader killed in between leaves a
     // stray byte (harmless, drained later), never a flag with no byte, which
@@ -252,7 +264,7 @@ int channel_end::readiness_fd() {
     if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, ev.get(), &e) != 0) throw_errno("epoll_ctl");
     channel_direction& d = rx_dir();
     {
-        robust_lock_guard g(d.bell_lock);
+        bell_guard g(d.bell_lock);
         atomic(d.bell_mode).store(1, std::memory_order_seq_cst);
         // From here on every push rings (or finds the bell rung); what is
         // already queued without a doorbell we announce ourselves.

@@ -39,7 +39,8 @@
 //   way (only the other end can write into our socket), so fileno() returns
 //   an epoll fd watching the socket plus a process-local eventfd that the
 //   reader arms itself for that backlog and clears once the queue drains.
-// - A holder killed inside bell_lock: the robust_mutex hands it over; at
+// - A holder killed inside bell_lock: the process_mutex (robust pthread
+//   mutex, the kernel reports the death) hands it over; at
 //   worst a stray doorbell byte is left, which a woken reader that finds the
 //   queue empty drains again (so it cannot spin).
 #pragma once
@@ -61,14 +62,14 @@ namespace fastmp {
 namespace detail {
 
 struct channel_direction {
-    robust_mutex bell_lock;
+    process_mutex bell_lock;
     std::uint32_t bell;       // 1 while a doorbell byte sits in the reader's socket
     std::uint32_t bell_mode;  // sticky: some reader waits through fileno()
     std::uint32_t sleepers;   // readers asleep (or about to be) on `seq`
     std::uint32_t seq;        // futex word: bumped to wake sleeping readers
     std::uint32_t waiting;    // readers inside a blocking wait (spinning or asleep)
     std::uint32_t pollers;    // readers asleep in poll() on their socket
-    std::uint32_t pad[9];
+    std::uint32_t pad[1];
 };
 
 struct channel_header {
@@ -95,8 +96,8 @@ struct channel_fds {
 
 class channel_end {
 public:
-    static constexpr std::uint64_t magic = 0x666173746d706331ull;  // "fastmpc1"
-    static constexpr std::uint32_t layout_version = 1;
+    static constexpr std::uint64_t magic = 0x666173746d706332ull;  // "fastmpc2"
+    static constexpr std::uint32_t layout_version = 2;
 
     // A connected pair. duplex == false: first is read-only, second write-only
     // (the stdlib's order).
