@@ -1,5 +1,7 @@
 #include <fastmp/channel.hpp>
 
+#include <fastmp/process.hpp>
+
 #include <atomic>
 #include <cerrno>
 #include <algorithm>
@@ -141,7 +143,18 @@ bool channel_end::peer_closed() const noexcept {
     return rc > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL));
 }
 
-void channel_end::send(const message_view& m) {
+status channel_end::try_claim(queue_claim& c, const deadline& lock_dl) {
+    if (!rx_) return status::empty;
+    // A put in flight (copied, not yet published) shows as writers_hint only.
+    return rx_->try_claim(1, c, lock_dl);
+}
+
+void channel_end::finish_recv(queue_claim& c) noexcept {
+    rx_->finish_claim(c);
+    after_recv();
+}
+
+status channel_end::send(const message_view& m, const deadline& lock_dl) {
     if (!tx_) throw sys_error(EBADF, "connection is read-only");
     // The stdlib raises BrokenPipeError here: nobody could ever read it, and
     // an unbounded ring would otherwise grow for nothing. A reader blocked
@@ -152,13 +165,15 @@ void channel_end::send(const message_view& m) {
         unchecked_sends_ = 0;
         if (peer_closed()) throw sys_error(EPIPE, "Broken pipe");
     }
-    tx_->try_push(m);  // unbounded: always ok
+    std::size_t done = 0;
+    if (tx_->try_push(&m, 1, done, true, lock_dl) == status::timed_out && done == 0) return status::timed_out;
     // Pairs with the reader's fetch_add on `sleepers` then re-check of the
     // queue: one of the two sides sees the other.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (atomic(d.sleepers).load(std::memory_order_relaxed)) wake_peer();
     if (atomic(d.bell_mode).load(std::memory_order_relaxed) || atomic(d.pollers).load(std::memory_order_relaxed))
         ring();
+    return status::ok;
 }
 
 void channel_end::ring() noexcept {
@@ -189,7 +204,18 @@ void channel_end::unring() noexcept {
     drain_socket();
 }
 
+void channel_end::check_fork() noexcept {
+    // epoll_ and backlog_ are this process's: an epoll instance and an
+    // eventfd shared with a forked child would mix the two processes'
+    // readiness (the child arming or draining the parent's backlog).
+    if (pid_ == current_pid()) return;
+    epoll_.reset();
+    backlog_.reset();
+    backlog_armed_ = false;
+}
+
 void channel_end::after_recv() noexcept {
+    check_fork();
     idle_sleeps_ = 0;
     if (atomic(rx_dir().bell).load(std::memory_order_acquire) && rx_->size_approx() == 0) unring();
     if (backlog_armed_ && rx_->size_approx() == 0) {
@@ -251,6 +277,7 @@ void channel_end::wake_peer() noexcept {
 
 int channel_end::readiness_fd() {
     if (!rx_) return sock_.get();
+    check_fork();
     if (epoll_.get() >= 0) return epoll_.get();
     unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
     if (ep.get() < 0) throw_errno("epoll_create1");
@@ -275,6 +302,7 @@ int channel_end::readiness_fd() {
     }
     epoll_ = std::move(ep);
     backlog_ = std::move(ev);
+    pid_ = current_pid();
     return epoll_.get();
 }
 
