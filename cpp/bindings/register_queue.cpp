@@ -128,6 +128,10 @@ public:
         return q_.slots_in_use();
     }
     std::size_t pending_count() const { return pending_.size(); }
+    void hold_lock_for_test() {
+        py::gil_scoped_release nogil;
+        q_.hold_lock_for_test();
+    }
 
 private:
     void check_open(py::handle self) const {
@@ -336,7 +340,8 @@ void register_queue(py::module_& m) {
         .def("_join_tasks", &py_queue::join_tasks)
         .def("_unfinished_tasks", &py_queue::unfinished)
         .def("_slots_in_use", &py_queue::slots_in_use)
-        .def("_pending_count", &py_queue::pending_count);
+        .def("_pending_count", &py_queue::pending_count)
+        .def("_hold_lock_for_test", &py_queue::hold_lock_for_test);
     for (PyMethodDef& def : fast_methods) add_fast_method(cls, &def);
 }
 

@@ -262,6 +262,9 @@ public:
     // consumers; copy slots still in use (after collecting finished ones).
     bool consumer_wake_pending() const noexcept;
     unsigned slots_in_use();
+    // Takes the internal lock and never gives it back (a test stops or kills
+    // the process afterwards).
+    void hold_lock_for_test() { lock(deadline()); }
     // Drops per-process state that a forked child must not share (retired views).
     void after_fork_in_child() noexcept;
 
