@@ -17,6 +17,12 @@ namespace py = pybind11;
 // like `what` (queue.Empty, queue.Full, ValueError, ...).
 [[noreturn]] void raise_status(status st, const char* what);
 
+// The other Python exceptions the bindings raise, all from here (register_errors.cpp):
+[[noreturn]] void raise_os_error(const char* msg);  // OSError(msg), e.g. "handle is closed"
+[[noreturn]] void raise_errno(int err);             // OSError(err, strerror(err)): the errno's subclass
+[[noreturn]] void raise_eof();                      // EOFError()
+[[noreturn]] void raise_exception(py::handle exc);  // re-raises an exception instance kept earlier
+
 // `timeout` is None (forever) or a real number of seconds (negative = 0);
 // anything else raises TypeError, as the stdlib's arithmetic on it would.
 deadline parse_timeout(py::handle timeout);

@@ -16,16 +16,6 @@ namespace fastmp::py_bind {
 
 namespace {
 
-[[noreturn]] void raise_os_error(const char* msg) {
-    PyErr_SetString(PyExc_OSError, msg);
-    throw py::error_already_set();
-}
-
-[[noreturn]] void raise_eof() {
-    PyErr_SetNone(PyExc_EOFError);
-    throw py::error_already_set();
-}
-
 class py_connection {
 public:
     py_connection(int sock, int header, int tx, int rx, int side, bool readable, bool writable)
@@ -140,9 +130,7 @@ private:
             with_internal_lock(deadline(), [&](const deadline& ldl) { return end->send(m, ldl); });
         } catch (const sys_error& e) {
             if (e.code().value() != EPIPE) throw;
-            errno = EPIPE;  // BrokenPipeError(32, 'Broken pipe'), as the stdlib's socket write
-            PyErr_SetFromErrno(PyExc_OSError);
-            throw py::error_already_set();
+            raise_errno(EPIPE);  // BrokenPipeError(32, 'Broken pipe'), as the stdlib's socket write
         }
     }
 

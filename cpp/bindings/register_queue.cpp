@@ -137,8 +137,7 @@ private:
     void check_open(py::handle self) const {
         if (closed_ == closed_kind::open) return;
         if (closed_ == closed_kind::handle) {
-            PyErr_SetString(PyExc_OSError, "handle is closed");
-            throw py::error_already_set();
+            raise_os_error("handle is closed");
         }
         std::string r = py::repr(self);
         throw py::value_error("Queue " + r + " is closed");
@@ -244,10 +243,7 @@ private:
     py::object take_pending() {
         auto [tag, raw] = std::move(pending_.front());
         pending_.pop_front();
-        if (tag == error_tag) {  // an unpickling error parked by get_many
-            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(raw.ptr())), raw.ptr());
-            throw py::error_already_set();
-        }
+        if (tag == error_tag) raise_exception(raw);  // an unpickling error parked by get_many
         return finish_decode(tag, std::move(raw));
     }
     static constexpr std::uint32_t error_tag = 0xfffffffeu;

@@ -9,6 +9,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -239,7 +240,11 @@ wait_result channel_end::wait_readable(clock::duration slice) {
             if (spin_budget_ < max_spins) spin_budget_ = spin_budget_ * 2 + 16;
             return wait_result::woken;
         }
-        cpu_relax();
+        // The writer may be waiting for this CPU (every core busy): let it run.
+        if ((i & 127) == 127)
+            ::sched_yield();
+        else
+            cpu_relax();
     }
     spin_budget_ /= 2;
     // A doorbell with nothing behind it (its reader died between taking the

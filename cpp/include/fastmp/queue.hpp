@@ -301,6 +301,8 @@ private:
     // lock once local_inflight_ is 0).
     std::vector<mapping> retired_;
     std::unique_ptr<std::atomic<int>> local_inflight_ = std::make_unique<std::atomic<int>>(0);
+    // This process's spin budget for consumers (adaptive; see wait_on).
+    std::unique_ptr<std::atomic<int>> spin_budget_ = std::make_unique<std::atomic<int>>(2000);
 };
 
 template <class Sink>
