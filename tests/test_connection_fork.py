@@ -64,7 +64,9 @@ def test_rebuild_closes_descriptors_detached_before_a_failure():
     sock, header, tx, rx, side = a._fds()
     dups = [os.dup(sock), os.dup(header), os.dup(tx)]
     with pytest.raises(OSError, match="went away"):
-        _rebuild_connection(_Holder(dups[0]), _Holder(dups[1]), _Holder(dups[2]), _Holder(None), side, True, True)
+        _rebuild_connection(
+            _Holder(dups[0]), _Holder(dups[1]), _Holder(dups[2]), _Holder(None), side, True, True
+        )
     for fd in dups:
         with pytest.raises(OSError):
             os.fstat(fd)
