@@ -178,11 +178,11 @@ private:
                 } else {
                     shm_queue::fill(r, msgs + done_total);
                 }
-                done_total += r.dest.size();
                 q_.publish(r);
             }
+            done_total += r.taken;
             // Part went in before a busy slot stopped it: the rest next round.
-            if (st == status::timed_out && !r.dest.empty() && done_total < n) return status::interrupted;
+            if (st == status::timed_out && r.taken > 0 && done_total < n) return status::interrupted;
             return st;
         };
         bool ok = run_blocking(

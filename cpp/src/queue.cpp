@@ -30,6 +30,9 @@ constexpr int consumer_spins = 2000;
 // A sleeper sleeps at most this long before re-registering (see fresh_until).
 constexpr auto max_sleep = std::chrono::milliseconds(200);
 constexpr std::uint64_t fresh_margin_ns = 20'000'000;
+// Batches up to this many payload bytes are copied under the lock (see the
+// design notes in queue.hpp).
+constexpr std::size_t inline_copy_max = 4096;
 
 std::uint64_t align8(std::uint64_t n) { return (n + 7) & ~std::uint64_t{7}; }
 std::uint64_t record_bytes(std::uint64_t payload) { return align8(sizeof(record_header) + payload); }
@@ -340,7 +343,7 @@ void shm_queue::collect(queue_state& s) noexcept {
             s.cap = initial_cap;
         }
     }
-    if (freed) notify(h->slot_freed, 0);
+    if (freed && atomic(h->slot_freed.waiters).load(std::memory_order_seq_cst) > 0) notify(h->slot_freed, 0);
 }
 
 status shm_queue::wait_for_slot(const deadline& lock_dl) {
@@ -387,7 +390,7 @@ void shm_queue::grow(queue_state& s, std::uint64_t need) {
     s.cap = new_cap;
 }
 
-bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool& busy) {
+bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool& busy, bool own_slot) {
     // The ring never fills completely (used + need < cap), so equal positions
     // always mean "empty" and distances are unambiguous.
     for (;;) {
@@ -408,7 +411,7 @@ bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool&
             return true;
         }
         if (!may_grow && s.cap >= soft_grow_cap && need <= s.cap / 2) return false;
-        if (wrapped && s.writers + s.readers > 1) {  // (one of them is ours)
+        if (wrapped && s.writers + s.readers > (own_slot ? 1u : 0u)) {
             busy = true;  // moving the wrapped part needs every copy finished
             return false;
         }
@@ -420,6 +423,7 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
                               const deadline& lock_dl) {
     r.dest.clear();
     r.slot = -1;
+    r.taken = 0;
     queue_header* h = hdr();
     if (lock(lock_dl) != status::ok) return status::timed_out;
     queue_state s = h->state;
@@ -427,8 +431,18 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
     collect(s);
     status result = status::ok;
     bool busy = false;
-    int slot = take_slot(s, detail::slot_writing, s.tail);
-    if (slot < 0) {
+    // Small, and no other put's copy in flight (FIFO): copy under the lock
+    // and publish at once, without a copy slot.
+    bool inline_copy = s.writers == 0;
+    for (std::size_t i = 0; inline_copy && i < n; ++i)
+        if (msgs[i].total() > inline_copy_max) inline_copy = false;
+    if (inline_copy) {
+        std::size_t bytes = 0;
+        for (std::size_t i = 0; i < n; ++i) bytes += msgs[i].total();
+        inline_copy = bytes <= inline_copy_max;
+    }
+    int slot = inline_copy ? -1 : take_slot(s, detail::slot_writing, s.tail);
+    if (slot < 0 && !inline_copy) {
         busy = true;
     } else {
         std::uint64_t in_flight = 0;  // reserved by others, not yet counted
@@ -443,7 +457,7 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
                 }
                 const std::uint64_t size = msgs[i].total();
                 const std::uint64_t need = record_bytes(size);
-                if (!reserve(s, need, may_grow, busy)) {
+                if (!reserve(s, need, may_grow, busy, slot >= 0)) {
                     result = busy ? status::timed_out : status::would_grow;
                     break;
                 }
@@ -452,20 +466,34 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
                 r.dest.push_back(at + sizeof(record_header));
                 s.tail += need;
                 s.used += need;
-                // Kept current: a grow commits `s` in the middle of this loop.
-                s.slots[slot].end = s.tail;
-                s.slots[slot].nrecs += 1;
+                if (slot >= 0) {
+                    // Kept current: a grow commits `s` in the middle of this loop.
+                    s.slots[slot].end = s.tail;
+                    s.slots[slot].nrecs += 1;
+                }
             }
         } catch (...) {
-            // Whatever was reserved is committed under a slot that is never
-            // marked done: collectors treat it as a dead producer's (skipped).
+            // Whatever was reserved is committed as a dead producer's
+            // (skipped by consumers): under a slot never marked done, or,
+            // without a slot, tagged dead right here.
+            if (slot < 0) {
+                for (std::byte* d : r.dest) reinterpret_cast<record_header*>(d - sizeof(record_header))->tag = dead_tag;
+                s.ready_end = s.tail;
+            }
             r.dest.clear();
             commit(s);
             unlock();
-            h->guards[slot].holder.unlock();
+            if (slot >= 0) h->guards[slot].holder.unlock();
             throw;
         }
-        if (r.dest.empty()) {
+        r.taken = r.dest.size();
+        if (slot < 0) {
+            fill(r, msgs);
+            r.dest.clear();
+            s.ready_end = s.tail;
+            s.count += r.taken;
+            s.unfinished += r.taken;
+        } else if (r.dest.empty()) {
             h->guards[slot].holder.unlock();
             drop_slot(s, slot);
         } else {
@@ -477,7 +505,7 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
     after_change(before, s);
     unlock();
     if (s.count > before) notify(h->not_empty, static_cast<int>(s.count - before));
-    if (busy && r.dest.empty()) wait_for_slot(lock_dl);
+    if (busy && r.taken == 0) wait_for_slot(lock_dl);
     return busy ? status::timed_out : result;
 }
 
@@ -532,7 +560,7 @@ status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t&
         queue_reservation r;
         status st = try_reserve(msgs + done, n - done, r, may_grow, lock_dl);
         fill(r, msgs + done);
-        done += r.dest.size();
+        done += r.taken;
         publish(r);
         if (st == status::timed_out && lock_dl.forever()) continue;  // every slot busy: again
         if (st == status::ok && done < n) continue;
@@ -600,7 +628,8 @@ void shm_queue::finish_claim(queue_claim& c) noexcept {
     // before they reserve); producers of a bounded queue wait for the count.
     if (h->maxsize != unbounded || atomic(h->not_full.waiters).load(std::memory_order_relaxed) > 0)
         notify(h->not_full, static_cast<int>(c.records.size()));
-    notify(h->slot_freed, 0);
+    // (A slot waiter re-checks within its 10 ms slice anyway.)
+    if (atomic(h->slot_freed.waiters).load(std::memory_order_seq_cst) > 0) notify(h->slot_freed, 0);
 }
 
 bool shm_queue::unclaim(queue_claim& c, std::size_t from, const deadline& lock_dl) noexcept {

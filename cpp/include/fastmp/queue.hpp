@@ -13,7 +13,7 @@
 //   dead holder). Every wait for it is bounded by a deadline given by the
 //   caller, so the binding can wait without the GIL, in slices, honouring
 //   timeouts and Ctrl-C; put_nowait/get_nowait wait a short bound only.
-// - No payload byte is copied under the lock. A put reserves space under the
+// - No large payload is copied under the lock. A put reserves space under the
 //   lock (record headers written, a "copy slot" taken), copies outside it,
 //   then publishes (under the lock when it is free at once; otherwise it
 //   leaves a flag that the holder acts on when it unlocks). A get claims
@@ -23,6 +23,10 @@
 //   order: [free_head, head) claimed records being read, [head, ready_end)
 //   records ready to take (`count`), [ready_end, tail) reserved records being
 //   written. Producers only write into [tail, free_head).
+//   Exception, for speed: a put whose payload totals at most 4 KiB, made when
+//   no other put's copy is in flight, copies under the lock and publishes at
+//   once (one lock round trip; the copy costs about what the lock hand-off
+//   does, so the hold stays bounded by that size, never by the message's).
 // - Copy slots (8) are how a half-done copy is found. Each holds a robust
 //   mutex that the copying thread keeps locked from reserve/claim until it
 //   sets the slot's `done` flag; its range and kind are part of the
@@ -180,7 +184,8 @@ struct queue_claim {
 // Space reserved by one try_reserve, for `dest.size()` messages; the same
 // thread copies them in (fill), then calls publish.
 struct queue_reservation {
-    std::vector<std::byte*> dest;  // payload destination of each message
+    std::size_t taken = 0;         // messages accepted (copied already when dest is empty)
+    std::vector<std::byte*> dest;  // payload destination of each message still to copy
     int slot = -1;
 };
 
@@ -220,7 +225,8 @@ public:
     // so the caller can give an active consumer a moment.
     status try_reserve(const message_view* msgs, std::size_t n, queue_reservation& r, bool may_grow,
                        const deadline& lock_dl);
-    // Copies msgs[0..r.dest.size()) into the reserved space (no lock held).
+    // Copies msgs[0..r.dest.size()) into the reserved space (no lock held;
+    // nothing to do when try_reserve copied them already: r.dest empty).
     static void fill(const queue_reservation& r, const message_view* msgs) noexcept;
     // Makes the reserved messages visible (in order) and wakes consumers.
     void publish(queue_reservation& r) noexcept;
@@ -281,7 +287,7 @@ private:
     void collect(detail::queue_state& s) noexcept;
     int take_slot(detail::queue_state& s, std::uint32_t kind, std::uint64_t begin) noexcept;
     void drop_slot(detail::queue_state& s, int i) noexcept;
-    bool reserve(detail::queue_state& s, std::uint64_t need, bool may_grow, bool& busy);
+    bool reserve(detail::queue_state& s, std::uint64_t need, bool may_grow, bool& busy, bool own_slot);
     void grow(detail::queue_state& s, std::uint64_t need);
     std::uint64_t skip_to_record(const detail::queue_state& s, std::uint64_t pos) const noexcept;
     void after_change(std::uint64_t count_before, const detail::queue_state& s) noexcept;
