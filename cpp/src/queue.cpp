@@ -581,7 +581,24 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
     queue_state s = h->state;
     std::uint64_t before = s.count;
     collect(s);
-    int slot = s.count > 0 ? take_slot(s, detail::slot_reading, s.head) : -1;
+    // Small records at the front are copied out right here, into the
+    // claim's own buffer (no copy slot, no second step): the copy costs about
+    // what a slot would, and the hold stays bounded by inline_copy_max.
+    std::size_t inline_bytes = 0;
+    while (c.records.size() < max && s.count > 0) {
+        std::uint64_t pos = skip_to_record(s, s.head);
+        auto* r = reinterpret_cast<record_header*>(ring_.data() + pos);
+        if (r->tag != dead_tag) {
+            if (inline_bytes + r->size > c.buffer.size() || c.records.size() == c.records.capacity()) break;
+            std::memcpy(c.buffer.data() + inline_bytes, r + 1, r->size);
+            c.records.push_back(record_ref{r->tag, c.buffer.data() + inline_bytes, static_cast<std::size_t>(r->size), pos});
+            inline_bytes += r->size;
+            s.count -= 1;
+        }
+        s.head = pos + record_bytes(r->size);
+    }
+    bool copied = !c.records.empty();
+    int slot = !copied && s.count > 0 ? take_slot(s, detail::slot_reading, s.head) : -1;
     if (slot >= 0) {
         try {
             c.records.reserve(std::min<std::uint64_t>(max, s.count));
@@ -604,11 +621,13 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
         c.slot = slot;
         local_inflight_->fetch_add(1, std::memory_order_acq_rel);
     }
-    bool all_busy = s.count > 0 && slot < 0;
+    bool all_busy = !copied && s.count > 0 && slot < 0;
     commit(s);
     after_change(before, s);
     unlock();
     if (s.count > before) notify(h->not_empty, static_cast<int>(s.count - before));
+    if (copied && (h->maxsize != unbounded || atomic(h->not_full.waiters).load(std::memory_order_relaxed) > 0))
+        notify(h->not_full, static_cast<int>(c.records.size()));
     if (all_busy) {
         wait_for_slot(lock_dl);
         return status::timed_out;

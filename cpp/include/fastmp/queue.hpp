@@ -23,6 +23,9 @@
 //   order: [free_head, head) claimed records being read, [head, ready_end)
 //   records ready to take (`count`), [ready_end, tail) reserved records being
 //   written. Producers only write into [tail, free_head).
+//   Likewise a get copies records of at most 4 KiB in total straight out of
+//   the ring under the lock, into the claim's buffer; larger ones are
+//   claimed under a copy slot and read outside it.
 //   Exception, for speed: a put whose payload totals at most 4 KiB, made when
 //   no other put's copy is in flight, copies under the lock and publishes at
 //   once (one lock round trip; the copy costs about what the lock hand-off
@@ -58,6 +61,7 @@
 #pragma once
 
 #include <cstddef>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -177,8 +181,10 @@ struct record_ref {
 // Records claimed by one try_claim; the same thread copies them out, then
 // calls finish_claim (or unclaim).
 struct queue_claim {
+    queue_claim() { records.reserve(16); }
     std::vector<record_ref> records;
-    int slot = -1;
+    int slot = -1;  // -1: small records copied into `buffer` under the lock (nothing to release)
+    std::array<std::byte, 4096> buffer;
 };
 
 // Space reserved by one try_reserve, for `dest.size()` messages; the same
