@@ -585,6 +585,12 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
     // claim's own buffer (no copy slot, no second step): the copy costs about
     // what a slot would, and the hold stays bounded by inline_copy_max.
     std::size_t inline_bytes = 0;
+    try {
+        c.records.reserve(std::min<std::uint64_t>({max, s.count, 256}));
+    } catch (...) {
+        unlock();
+        throw;
+    }
     while (c.records.size() < max && s.count > 0) {
         std::uint64_t pos = skip_to_record(s, s.head);
         auto* r = reinterpret_cast<record_header*>(ring_.data() + pos);

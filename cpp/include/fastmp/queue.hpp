@@ -181,7 +181,6 @@ struct record_ref {
 // Records claimed by one try_claim; the same thread copies them out, then
 // calls finish_claim (or unclaim).
 struct queue_claim {
-    queue_claim() { records.reserve(16); }
     std::vector<record_ref> records;
     int slot = -1;  // -1: small records copied into `buffer` under the lock (nothing to release)
     std::array<std::byte, 4096> buffer;
