@@ -1,5 +1,6 @@
 #include <fastmp/queue.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 
@@ -586,7 +587,7 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
     // what a slot would, and the hold stays bounded by inline_copy_max.
     std::size_t inline_bytes = 0;
     try {
-        c.records.reserve(std::min<std::uint64_t>({max, s.count, 256}));
+        c.records.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(std::min<std::uint64_t>(max, s.count), 256)));
     } catch (...) {
         unlock();
         throw;
