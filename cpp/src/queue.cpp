@@ -1,6 +1,7 @@
 #include <fastmp/queue.hpp>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <ctime>
 
@@ -112,7 +113,9 @@ status shm_queue::after_acquire(status st) {
     if (st == status::owner_died) {
         // The previous holder died inside a critical section: finish its
         // journaled update if it got that far, otherwise the old state stands.
-        if (atomic(h->journal_valid).load(std::memory_order_acquire)) h->state = h->pending;
+        // journal_valid holds how many bytes of `pending` were written.
+        if (std::uint32_t n = atomic(h->journal_valid).load(std::memory_order_acquire))
+            std::memcpy(&h->state, &h->pending, std::min<std::size_t>(n, sizeof(queue_state)));
         atomic(h->journal_valid).store(0, std::memory_order_release);
         atomic(h->count_hint).store(h->state.count, std::memory_order_release);
         atomic(h->writers_hint).store(h->state.writers, std::memory_order_release);
@@ -154,7 +157,8 @@ void shm_queue::unlock() noexcept {
 void shm_queue::publish_locked() noexcept {
     // Under the lock, which it releases (without looking at publish_pending).
     queue_header* h = hdr();
-    queue_state s = h->state;
+    queue_state s;
+    load_state(s);
     std::uint64_t before = s.count;
     collect(s);
     commit(s);
@@ -206,22 +210,39 @@ status shm_queue::enable_doorbell(const deadline& lock_dl) {
     return status::ok;
 }
 
+// While no copy slot is in use (before and after), the slot table is all
+// free and needs no copying: the common small put/get then moves ~80 bytes
+// of state instead of ~340.
+static constexpr std::size_t core_bytes = offsetof(queue_state, slots);
+
+void shm_queue::load_state(queue_state& s) const noexcept {
+    const queue_state& cur = hdr()->state;
+    std::memcpy(&s, &cur, core_bytes);
+    if (cur.writers + cur.readers > 0)
+        std::memcpy(&s.slots, &cur.slots, sizeof s.slots);
+    else
+        for (copy_slot& c : s.slots) c.kind = detail::slot_free;
+}
+
 void shm_queue::commit(const queue_state& s) noexcept {
     queue_header* h = hdr();
-    h->pending = s;
-    atomic(h->journal_valid).store(1, std::memory_order_release);
+    const std::size_t n =
+        s.writers + s.readers == 0 && h->state.writers + h->state.readers == 0 ? core_bytes : sizeof(queue_state);
+    std::memcpy(&h->pending, &s, n);
+    atomic(h->journal_valid).store(static_cast<std::uint32_t>(n), std::memory_order_release);
     // From here on a death is repaired from the journal; publish the hints
     // now, so that consumers trusting them take the lock (and do that repair)
     // instead of seeing a stale "empty" forever.
     atomic(h->count_hint).store(s.count, std::memory_order_release);
     atomic(h->writers_hint).store(s.writers, std::memory_order_release);
-    h->state = s;
+    std::memcpy(&h->state, &s, n);
     atomic(h->journal_valid).store(0, std::memory_order_release);
 }
 
 std::uint64_t shm_queue::capacity_bytes() {
     lock(deadline());
-    queue_state s = hdr()->state;  // after collecting: a drained ring shrinks then
+    queue_state s;
+    load_state(s);  // after collecting: a drained ring shrinks then
     collect(s);
     commit(s);
     unlock();
@@ -230,7 +251,8 @@ std::uint64_t shm_queue::capacity_bytes() {
 
 status shm_queue::unfinished_tasks(std::uint64_t& n, const deadline& lock_dl) {
     if (lock(lock_dl) != status::ok) return status::timed_out;
-    queue_state s = hdr()->state;  // finished puts count once collected
+    queue_state s;
+    load_state(s);  // finished puts count once collected
     std::uint64_t before = s.count;
     collect(s);
     commit(s);
@@ -427,7 +449,8 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
     r.taken = 0;
     queue_header* h = hdr();
     if (lock(lock_dl) != status::ok) return status::timed_out;
-    queue_state s = h->state;
+    queue_state s;
+    load_state(s);
     std::uint64_t before = s.count;
     collect(s);
     status result = status::ok;
@@ -579,7 +602,8 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
         atomic(h->writers_hint).load(std::memory_order_acquire) == 0)
         return status::empty;
     if (lock(lock_dl) != status::ok) return status::timed_out;
-    queue_state s = h->state;
+    queue_state s;
+    load_state(s);
     std::uint64_t before = s.count;
     collect(s);
     // Small records at the front are copied out right here, into the
@@ -670,7 +694,8 @@ bool shm_queue::unclaim(queue_claim& c, std::size_t from, const deadline& lock_d
             st = status::timed_out;
         }
         if (st == status::ok) {
-            queue_state s = h->state;
+            queue_state s;
+    load_state(s);
             copy_slot& sl = s.slots[c.slot];
             if (sl.kind == detail::slot_reading && s.head == sl.end) {
                 std::uint64_t before = s.count;
@@ -694,7 +719,8 @@ bool shm_queue::unclaim(queue_claim& c, std::size_t from, const deadline& lock_d
 status shm_queue::task_done(const deadline& lock_dl) {
     queue_header* h = hdr();
     if (lock(lock_dl) != status::ok) return status::timed_out;
-    queue_state s = h->state;
+    queue_state s;
+    load_state(s);
     std::uint64_t before = s.count;
     collect(s);
     bool too_many = s.unfinished == 0;
@@ -781,7 +807,8 @@ bool shm_queue::consumer_wake_pending() const noexcept {
 
 unsigned shm_queue::slots_in_use() {
     lock(deadline());
-    queue_state s = hdr()->state;
+    queue_state s;
+    load_state(s);
     std::uint64_t before = s.count;
     collect(s);
     commit(s);

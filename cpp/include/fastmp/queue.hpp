@@ -124,7 +124,7 @@ struct queue_header {
     std::uint32_t header_size;
     std::uint64_t maxsize;       // in messages; UINT64_MAX when unbounded
     process_mutex mutex;
-    std::uint32_t journal_valid; // 1 while `pending` holds a state to apply
+    std::uint32_t journal_valid; // while `pending` holds a state to apply: its size in bytes
     std::uint32_t doorbell_on;   // 1 once anyone polls the doorbell eventfd
     queue_state state;
     queue_state pending;
@@ -288,6 +288,7 @@ private:
     status after_acquire(status st);   // the repair part of lock()
     void publish_locked() noexcept;
     void unlock() noexcept;
+    void load_state(detail::queue_state& s) const noexcept;  // a copy of the committed state
     void commit(const detail::queue_state& s) noexcept;
     void collect(detail::queue_state& s) noexcept;
     int take_slot(detail::queue_state& s, std::uint32_t kind, std::uint64_t begin) noexcept;
