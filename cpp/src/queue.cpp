@@ -6,6 +6,7 @@
 #include <ctime>
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -35,6 +36,8 @@ constexpr std::uint64_t fresh_margin_ns = 20'000'000;
 // Batches up to this many payload bytes are copied under the lock (see the
 // design notes in queue.hpp).
 constexpr std::size_t inline_copy_max = 4096;
+// Copies at least this large prefault their pages first (see prefault).
+constexpr std::size_t prefault_min = 256 * 1024;
 
 std::uint64_t align8(std::uint64_t n) { return (n + 7) & ~std::uint64_t{7}; }
 std::uint64_t record_bytes(std::uint64_t payload) { return align8(sizeof(record_header) + payload); }
@@ -180,7 +183,7 @@ void shm_queue::map_ring(std::uint64_t cap) {
         ring_ = std::move(bigger);
         old = 0;
     }
-    ring_.populate(old, cap - old, false);
+    (void)old;  // pages are mapped by whoever copies them, outside the lock (prefault)
 }
 
 void shm_queue::sync_doorbell(std::uint64_t count) noexcept {
@@ -386,9 +389,8 @@ void shm_queue::grow(queue_state& s, std::uint64_t need) {
     if (new_cap < old_cap + need + 8) new_cap = pow2_at_least(old_cap + need + 8);
     grow_file(fd_.get(), header_bytes() + new_cap);
     map_ring(new_cap);
-    // The new half will be written soon: allocate and map it in one call
-    // rather than page fault by page fault (several times faster here).
-    ring_.populate(old_cap, new_cap - old_cap, true);
+    // (Its pages are allocated by the producer that copies into them,
+    // outside the lock: see prefault.)
     bool wrapped = s.used > 0 && s.tail < s.free_head;
     if (wrapped) {
         // Move the older part [free_head, old_cap) to the end of the bigger
@@ -533,10 +535,23 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
     return busy ? status::timed_out : result;
 }
 
+void shm_queue::prefault(const void* p, std::size_t n, bool write) noexcept {
+#ifndef MADV_POPULATE_READ
+    constexpr int MADV_POPULATE_READ = 22, MADV_POPULATE_WRITE = 23;  // Linux >= 5.14
+#endif
+    // Mapping (and for writes allocating) the pages in one call is several
+    // times faster than a page fault per page; best effort.
+    if (n < prefault_min) return;
+    auto a = reinterpret_cast<std::uintptr_t>(p) & ~(std::uintptr_t{page_size()} - 1);
+    std::size_t len = reinterpret_cast<std::uintptr_t>(p) + n - a;
+    ::madvise(reinterpret_cast<void*>(a), len, write ? MADV_POPULATE_WRITE : MADV_POPULATE_READ);
+}
+
 void shm_queue::fill(const queue_reservation& r, const message_view* msgs) noexcept {
     for (std::size_t i = 0; i < r.dest.size(); ++i) {
         const message_view& m = msgs[i];
         std::byte* out = r.dest[i];
+        prefault(out, m.total(), true);
         if (m.size) std::memcpy(out, m.data, m.size);
         out += m.size;
         for (std::size_t k = 0; k < m.nmore; ++k) {
@@ -657,6 +672,8 @@ status shm_queue::try_claim(std::size_t max, queue_claim& c, const deadline& loc
     after_change(before, s);
     unlock();
     if (s.count > before) notify(h->not_empty, static_cast<int>(s.count - before));
+    if (slot >= 0)
+        for (const record_ref& rr : c.records) prefault(rr.data, rr.size, false);
     if (copied && (h->maxsize != unbounded || atomic(h->not_full.waiters).load(std::memory_order_relaxed) > 0))
         notify(h->not_full, static_cast<int>(c.records.size()));
     if (all_busy) {

@@ -233,6 +233,9 @@ public:
     // Copies msgs[0..r.dest.size()) into the reserved space (no lock held;
     // nothing to do when try_reserve copied them already: r.dest empty).
     static void fill(const queue_reservation& r, const message_view* msgs) noexcept;
+    // Maps the pages of [p, p+n) in one go (allocating them when `write`);
+    // for large copies, outside the lock. Best effort.
+    static void prefault(const void* p, std::size_t n, bool write) noexcept;
     // Makes the reserved messages visible (in order) and wakes consumers.
     void publish(queue_reservation& r) noexcept;
 
