@@ -45,6 +45,10 @@
 //   the caller's deadline). Each process maps the ring itself; when it grows
 //   while this process has copies in flight, the old view is kept until they
 //   are done (pointers into it stay valid).
+// - What still happens under the lock and grows with size: growing a ring
+//   that has wrapped moves its older part (a copy proportional to the
+//   backlog; only when the ring is full). Page population is not: a large
+//   copy prefaults its own pages outside the lock.
 // - State changes under the lock are journaled: the new state is written to
 //   `pending` and flagged before it is applied. A process killed inside the
 //   critical section leaves either the old state or a complete journal; the
