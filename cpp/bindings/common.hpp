@@ -17,6 +17,12 @@ namespace py = pybind11;
 // like `what` (queue.Empty, queue.Full, ValueError, ...).
 [[noreturn]] void raise_status(status st, const char* what);
 
+// The other Python exceptions the bindings raise, all from here (register_errors.cpp):
+[[noreturn]] void raise_os_error(const char* msg);  // OSError(msg), e.g. "handle is closed"
+[[noreturn]] void raise_errno(int err);             // OSError(err, strerror(err)): the errno's subclass
+[[noreturn]] void raise_eof();                      // EOFError()
+[[noreturn]] void raise_exception(py::handle exc);  // re-raises an exception instance kept earlier
+
 // `timeout` is None (forever) or a real number of seconds (negative = 0);
 // anything else raises TypeError, as the stdlib's arithmetic on it would.
 deadline parse_timeout(py::handle timeout);
@@ -38,6 +44,30 @@ inline constexpr auto wait_slice = std::chrono::milliseconds(100);
 void set_os_error(const sys_error& e);
 // `block` and friends: Python truth, raising when __bool__ raises.
 bool truth(py::handle obj);
+// How long put_nowait/get_nowait (block=False) wait for a queue's or pipe's
+// internal lock before giving up with queue.Full/queue.Empty: the lock is
+// normally held for well under a microsecond, so only a stopped (SIGSTOP,
+// debugger, freezer) or long-descheduled holder makes them wait that long.
+inline constexpr auto nowait_lock_bound = std::chrono::milliseconds(20);
+
+// Runs op(lock_deadline) -> status, which reports status::timed_out when an
+// internal lock (or copy slot) could not be had by lock_deadline. First a
+// try with the GIL held; then, while it reports timed_out, again without the
+// GIL in slices until `dl`, running signal handlers between slices (Ctrl-C
+// raises KeyboardInterrupt). `op` must not touch Python objects.
+template <class Op>
+status with_internal_lock(const deadline& dl, Op&& op) {
+    status st = op(deadline(clock::duration::zero()));
+    while (st == status::timed_out && !dl.expired()) {
+        {
+            py::gil_scoped_release nogil;
+            st = op(deadline(dl.slice(wait_slice)));
+        }
+        if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+    return st;
+}
+
 template <class Ticket, class Attempt, class Wait>
 bool run_blocking(bool block, const deadline& dl, Ticket&& ticket, Attempt&& attempt, Wait&& wait) {
     for (;;) {

@@ -16,16 +16,6 @@ namespace fastmp::py_bind {
 
 namespace {
 
-[[noreturn]] void raise_os_error(const char* msg) {
-    PyErr_SetString(PyExc_OSError, msg);
-    throw py::error_already_set();
-}
-
-[[noreturn]] void raise_eof() {
-    PyErr_SetNone(PyExc_EOFError);
-    throw py::error_already_set();
-}
-
 class py_connection {
 public:
     py_connection(int sock, int header, int tx, int rx, int side, bool readable, bool writable)
@@ -136,12 +126,11 @@ public:
 private:
     void push(const message_view& m) {
         try {
-            end_->send(m);
+            std::shared_ptr<channel_end> end = end_;
+            with_internal_lock(deadline(), [&](const deadline& ldl) { return end->send(m, ldl); });
         } catch (const sys_error& e) {
             if (e.code().value() != EPIPE) throw;
-            errno = EPIPE;  // BrokenPipeError(32, 'Broken pipe'), as the stdlib's socket write
-            PyErr_SetFromErrno(PyExc_OSError);
-            throw py::error_already_set();
+            raise_errno(EPIPE);  // BrokenPipeError(32, 'Broken pipe'), as the stdlib's socket write
         }
     }
 
@@ -159,23 +148,40 @@ private:
 
     // Blocks (interruptibly) until one message went through `sink`; EOFError
     // once the queue is empty and every copy of the other end is closed.
+    // One message through `sink` (with the GIL, outside the queue's lock),
+    // waiting for that lock without the GIL.
+    template <class Sink>
+    static bool try_take(channel_end& end, Sink& sink) {
+        queue_claim c;
+        if (with_internal_lock(deadline(), [&](const deadline& ldl) { return end.try_claim(c, ldl); }) != status::ok)
+            return false;
+        try {
+            sink(c.records[0].tag, c.records[0].data, c.records[0].size);
+        } catch (...) {
+            end.finish_recv(c);  // consumed, as the stdlib's recv consumes a bad pickle
+            throw;
+        }
+        end.finish_recv(c);
+        return true;
+    }
+
     template <class Sink>
     void receive(Sink&& sink) {
         // Another thread may close() while we wait: keep the end alive.
         std::shared_ptr<channel_end> end = end_;
-        if (end->try_recv(sink)) return;
+        if (try_take(*end, sink)) return;
         bool eof = false, first = true;
         run_blocking(
             true, deadline(), [] { return 0u; },
             [&] {
-                if (end->try_recv(sink)) return true;
+                if (try_take(*end, sink)) return true;
                 if (first) {  // the common case: the answer is on its way; no syscall
                     first = false;
                     return false;
                 }
                 if (!end->peer_closed()) return false;
                 // Everything sent before the last close is already queued.
-                if (end->try_recv(sink)) return true;
+                if (try_take(*end, sink)) return true;
                 eof = true;
                 return true;
             },

@@ -1,6 +1,7 @@
 // The one place where core failures become Python exceptions (STYLE.md, 4).
 #include "common.hpp"
 
+#include <cerrno>
 #include <cmath>
 #include <memory>
 #include <vector>
@@ -30,6 +31,27 @@ namespace fastmp::py_bind {
         case status::ok: break;
     }
     throw py::value_error(what);
+}
+
+[[noreturn]] void raise_os_error(const char* msg) {
+    PyErr_SetString(PyExc_OSError, msg);
+    throw py::error_already_set();
+}
+
+[[noreturn]] void raise_errno(int err) {
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);  // picks BrokenPipeError etc. from errno
+    throw py::error_already_set();
+}
+
+[[noreturn]] void raise_eof() {
+    PyErr_SetNone(PyExc_EOFError);
+    throw py::error_already_set();
+}
+
+[[noreturn]] void raise_exception(py::handle exc) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    throw py::error_already_set();
 }
 
 deadline parse_timeout(py::handle timeout) {

@@ -3,6 +3,7 @@
 #include <deque>
 #include <vector>
 
+#include <fastmp/process.hpp>
 #include <fastmp/queue.hpp>
 
 #include "common.hpp"
@@ -19,6 +20,7 @@ public:
 
     void put(py::handle self, py::handle obj, py::handle block, py::handle timeout) {
         check_open(self);
+        check_fork();
         encoded e;
         encode(obj, e);
         message_view m = e.view();
@@ -27,6 +29,7 @@ public:
 
     void put_many(py::handle self, py::iterable items, py::handle block, py::handle timeout) {
         check_open(self);
+        check_fork();
         std::vector<encoded> enc;
         for (py::handle item : items) {
             enc.emplace_back();
@@ -40,6 +43,7 @@ public:
 
     py::object get(py::handle self, py::handle block, py::handle timeout) {
         check_open(self);
+        check_fork();
         if (!pending_.empty()) return take_pending();
         std::uint32_t tag = 0;
         py::object raw;
@@ -52,6 +56,7 @@ public:
 
     py::list get_many(py::handle self, std::int64_t max_items, py::handle block, py::handle timeout) {
         check_open(self);
+        check_fork();
         if (max_items <= 0) throw py::value_error("max_items must be a positive integer");
         if (pending_.empty()) {
             std::deque<std::pair<std::uint32_t, py::object>> raws;
@@ -86,13 +91,13 @@ public:
     }
 
     void task_done() {
-        status st = q_.task_done();
+        status st = with_internal_lock(deadline(), [&](const deadline& ldl) { return q_.task_done(ldl); });
         if (st != status::ok) raise_status(st, "task_done() called too many times");
     }
 
     void join_tasks() {
         run_blocking(
-            true, deadline(), [&] { return q_.all_done_ticket(); }, [&] { return q_.unfinished_tasks() == 0; },
+            true, deadline(), [&] { return q_.all_done_ticket(); }, [&] { return unfinished() == 0; },
             [&](std::uint32_t t, clock::duration slice) { return q_.wait_all_done(t, slice); });
     }
 
@@ -105,36 +110,87 @@ public:
     bool closed() const { return closed_ != closed_kind::open; }
     int fd() const { return q_.fd(); }
     int doorbell_fd() const { return q_.doorbell_fd(); }
-    void enable_doorbell() { q_.enable_doorbell(); }
+    void enable_doorbell() {
+        with_internal_lock(deadline(), [&](const deadline& ldl) { return q_.enable_doorbell(ldl); });
+    }
     std::uint64_t maxsize() const { return q_.maxsize(); }
-    std::uint64_t capacity_bytes() { return q_.capacity_bytes(); }
-    std::uint64_t unfinished() { return q_.unfinished_tasks(); }
+    std::uint64_t capacity_bytes() {
+        py::gil_scoped_release nogil;
+        return q_.capacity_bytes();
+    }
+    std::uint64_t unfinished() {
+        std::uint64_t n = 0;
+        with_internal_lock(deadline(), [&](const deadline& ldl) { return q_.unfinished_tasks(n, ldl); });
+        return n;
+    }
+    unsigned slots_in_use() {
+        py::gil_scoped_release nogil;
+        return q_.slots_in_use();
+    }
+    std::size_t pending_count() const { return pending_.size(); }
+    void hold_lock_for_test() {
+        py::gil_scoped_release nogil;
+        q_.hold_lock_for_test();
+    }
 
 private:
     void check_open(py::handle self) const {
         if (closed_ == closed_kind::open) return;
         if (closed_ == closed_kind::handle) {
-            PyErr_SetString(PyExc_OSError, "handle is closed");
-            throw py::error_already_set();
+            raise_os_error("handle is closed");
         }
         std::string r = py::repr(self);
         throw py::value_error("Queue " + r + " is closed");
     }
 
+    // A forked child must not deliver what its parent holds back (get_many's
+    // pending items), nor keep the parent's per-process mapping state.
+    void check_fork() {
+        pid_t me = current_pid();
+        if (me == pid_) return;
+        pid_ = me;
+        pending_.clear();
+        q_.after_fork_in_child();
+    }
+
+    // Payloads at least this large are copied into the ring without the GIL.
+    static constexpr std::size_t nogil_copy = 64 * 1024;
+
     void push_all(const message_view* msgs, std::size_t n, py::handle block_obj, py::handle timeout) {
         bool block = truth(block_obj);
         deadline dl = block ? parse_timeout(timeout) : deadline();
+        // How long a try may wait for the internal lock (see nowait_lock_bound).
+        deadline lock_dl = block ? dl : deadline(nowait_lock_bound);
         std::size_t done_total = 0;
         // A large ring is grown only after an active consumer had a moment
         // to free warm space; put_nowait and idle consumers never wait here.
         bool may_grow = !block;
+        // Reserve under the lock, copy outside it, publish (see queue.hpp).
+        auto reserve_copy_publish = [&](const deadline& ldl) {
+            queue_reservation r;
+            status st = q_.try_reserve(msgs + done_total, n - done_total, r, may_grow, ldl);
+            if (!r.dest.empty()) {
+                std::size_t bytes = 0;
+                for (std::size_t i = 0; i < r.dest.size(); ++i) bytes += msgs[done_total + i].total();
+                if (bytes >= nogil_copy && PyGILState_Check()) {
+                    py::gil_scoped_release nogil;
+                    shm_queue::fill(r, msgs + done_total);
+                } else {
+                    shm_queue::fill(r, msgs + done_total);
+                }
+                q_.publish(r);
+            }
+            done_total += r.taken;
+            // Part went in before a busy slot stopped it: the rest next round.
+            if (st == status::timed_out && r.taken > 0 && done_total < n) return status::interrupted;
+            return st;
+        };
         bool ok = run_blocking(
             block, dl, [&] { return q_.not_full_ticket(); },
             [&] {
                 for (;;) {
-                    std::size_t done = 0;
-                    status st = q_.try_push(msgs + done_total, n - done_total, done, may_grow);
-                    done_total += done;
+                    status st = with_internal_lock(lock_dl, reserve_copy_publish);
+                    if (st == status::interrupted) continue;
                     if (st != status::would_grow) return st == status::ok;
                     auto ticket = q_.not_full_ticket();
                     wait_result r;
@@ -152,16 +208,30 @@ private:
 
     static constexpr auto grow_grace = std::chrono::milliseconds(1);
 
+    // Claims records under the lock (waiting for it without the GIL), then
+    // runs the sink on each, outside the lock, with the GIL (see queue.hpp).
     template <class Sink>
     void pop(std::size_t max, py::handle block_obj, py::handle timeout, Sink&& sink) {
         bool block = truth(block_obj);
         deadline dl = block ? parse_timeout(timeout) : deadline();
+        deadline lock_dl = block ? dl : deadline(nowait_lock_bound);
         bool ok = run_blocking(
             block, dl, [&] { return q_.not_empty_ticket(); },
             [&] {
-                std::size_t taken = 0;
-                q_.try_pop(max, sink, taken);
-                return taken > 0;
+                queue_claim c;
+                status st = with_internal_lock(lock_dl, [&](const deadline& ldl) { return q_.try_claim(max, c, ldl); });
+                if (st != status::ok) return false;
+                std::size_t i = 0;
+                try {
+                    for (; i < c.records.size(); ++i) sink(c.records[i].tag, c.records[i].data, c.records[i].size);
+                } catch (...) {
+                    // The failing record and the rest go back to the front when
+                    // nobody claimed after us (else they are lost with the error).
+                    q_.unclaim(c, i, deadline(nowait_lock_bound));
+                    throw;
+                }
+                q_.finish_claim(c);
+                return true;
             },
             [&](std::uint32_t t, clock::duration slice) { return q_.wait_not_empty(t, slice); });
         if (!ok) raise_status(status::empty, "get");
@@ -173,10 +243,7 @@ private:
     py::object take_pending() {
         auto [tag, raw] = std::move(pending_.front());
         pending_.pop_front();
-        if (tag == error_tag) {  // an unpickling error parked by get_many
-            PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(raw.ptr())), raw.ptr());
-            throw py::error_already_set();
-        }
+        if (tag == error_tag) raise_exception(raw);  // an unpickling error parked by get_many
         return finish_decode(tag, std::move(raw));
     }
     static constexpr std::uint32_t error_tag = 0xfffffffeu;
@@ -187,6 +254,7 @@ private:
     // interrupted by an exception); served first by the next get.
     std::deque<std::pair<std::uint32_t, py::object>> pending_;
     closed_kind closed_ = closed_kind::open;
+    pid_t pid_ = current_pid();
 };
 
 // The per-message methods, as METH_FASTCALL (see add_fast_method).
@@ -266,7 +334,10 @@ void register_queue(py::module_& m) {
         .def("_capacity_bytes", &py_queue::capacity_bytes)
         .def("_task_done", &py_queue::task_done)
         .def("_join_tasks", &py_queue::join_tasks)
-        .def("_unfinished_tasks", &py_queue::unfinished);
+        .def("_unfinished_tasks", &py_queue::unfinished)
+        .def("_slots_in_use", &py_queue::slots_in_use)
+        .def("_pending_count", &py_queue::pending_count)
+        .def("_hold_lock_for_test", &py_queue::hold_lock_for_test);
     for (PyMethodDef& def : fast_methods) add_fast_method(cls, &def);
 }
 

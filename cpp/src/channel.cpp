@@ -1,5 +1,7 @@
 #include <fastmp/channel.hpp>
 
+#include <fastmp/process.hpp>
+
 #include <atomic>
 #include <cerrno>
 #include <algorithm>
@@ -7,6 +9,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -46,6 +49,16 @@ struct fd_guard {
 
 std::size_t header_bytes() { return page_size(); }
 
+// bell_lock guards a flag and one byte's send/recv: a few microseconds. A
+// dead holder is reported by the kernel (the state needs no repair).
+struct bell_guard {
+    process_mutex& m;
+    explicit bell_guard(process_mutex& mu) noexcept : m(mu) { m.lock(); }
+    ~bell_guard() { m.unlock(); }
+    bell_guard(const bell_guard&) = delete;
+    bell_guard& operator=(const bell_guard&) = delete;
+};
+
 }  // namespace
 
 static_assert(sizeof(channel_header) <= 4096, "channel header must fit in one page");
@@ -63,6 +76,8 @@ std::pair<channel_end, channel_end> channel_end::create_pair(bool duplex) {
     h->layout_version = layout_version;
     h->header_size = sizeof(channel_header);
     h->duplex = duplex ? 1 : 0;
+    h->dir[0].bell_lock.init();
+    h->dir[1].bell_lock.init();
     b.header_fd_ = unique_fd(dup_cloexec(a.header_fd_.get()));
     b.header_ = mapping(b.header_fd_.get(), 0, header_bytes());
     // dir[0] is written by side 0. One-way: a (side 1) reads, b (side 0) writes.
@@ -129,7 +144,18 @@ bool channel_end::peer_closed() const noexcept {
     return rc > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR | POLLNVAL));
 }
 
-void channel_end::send(const message_view& m) {
+status channel_end::try_claim(queue_claim& c, const deadline& lock_dl) {
+    if (!rx_) return status::empty;
+    // A put in flight (copied, not yet published) shows as writers_hint only.
+    return rx_->try_claim(1, c, lock_dl);
+}
+
+void channel_end::finish_recv(queue_claim& c) noexcept {
+    rx_->finish_claim(c);
+    after_recv();
+}
+
+status channel_end::send(const message_view& m, const deadline& lock_dl) {
     if (!tx_) throw sys_error(EBADF, "connection is read-only");
     // The stdlib raises BrokenPipeError here: nobody could ever read it, and
     // an unbounded ring would otherwise grow for nothing. A reader blocked
@@ -140,18 +166,20 @@ void channel_end::send(const message_view& m) {
         unchecked_sends_ = 0;
         if (peer_closed()) throw sys_error(EPIPE, "Broken pipe");
     }
-    tx_->try_push(m);  // unbounded: always ok
+    std::size_t done = 0;
+    if (tx_->try_push(&m, 1, done, true, lock_dl) == status::timed_out && done == 0) return status::timed_out;
     // Pairs with the reader's fetch_add on `sleepers` then re-check of the
     // queue: one of the two sides sees the other.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (atomic(d.sleepers).load(std::memory_order_relaxed)) wake_peer();
     if (atomic(d.bell_mode).load(std::memory_order_relaxed) || atomic(d.pollers).load(std::memory_order_relaxed))
         ring();
+    return status::ok;
 }
 
 void channel_end::ring() noexcept {
     channel_direction& d = tx_dir();
-    robust_lock_guard g(d.bell_lock);
+    bell_guard g(d.bell_lock);
     if (atomic(d.bell).load(std::memory_order_relaxed) || tx_->size_approx() == 0) return;
     char byte = 0;
     // The peer's receive buffer holds at most one doorbell per direction, so
@@ -168,7 +196,7 @@ void channel_end::drain_socket() noexcept {
 
 void channel_end::unring() noexcept {
     channel_direction& d = rx_dir();
-    robust_lock_guard g(d.bell_lock);
+    bell_guard g(d.bell_lock);
     if (rx_->size_approx() != 0) return;
     // Clear the flag before draining: a reader killed in between leaves a
     // stray byte (harmless, drained later), never a flag with no byte, which
@@ -177,7 +205,18 @@ void channel_end::unring() noexcept {
     drain_socket();
 }
 
+void channel_end::check_fork() noexcept {
+    // epoll_ and backlog_ are this process's: an epoll instance and an
+    // eventfd shared with a forked child would mix the two processes'
+    // readiness (the child arming or draining the parent's backlog).
+    if (pid_ == current_pid()) return;
+    epoll_.reset();
+    backlog_.reset();
+    backlog_armed_ = false;
+}
+
 void channel_end::after_recv() noexcept {
+    check_fork();
     idle_sleeps_ = 0;
     if (atomic(rx_dir().bell).load(std::memory_order_acquire) && rx_->size_approx() == 0) unring();
     if (backlog_armed_ && rx_->size_approx() == 0) {
@@ -201,7 +240,11 @@ wait_result channel_end::wait_readable(clock::duration slice) {
             if (spin_budget_ < max_spins) spin_budget_ = spin_budget_ * 2 + 16;
             return wait_result::woken;
         }
-        cpu_relax();
+        // The writer may be waiting for this CPU (every core busy): let it run.
+        if ((i & 127) == 127)
+            ::sched_yield();
+        else
+            cpu_relax();
     }
     spin_budget_ /= 2;
     // A doorbell with nothing behind it (its reader died between taking the
@@ -239,6 +282,7 @@ void channel_end::wake_peer() noexcept {
 
 int channel_end::readiness_fd() {
     if (!rx_) return sock_.get();
+    check_fork();
     if (epoll_.get() >= 0) return epoll_.get();
     unique_fd ep(::epoll_create1(EPOLL_CLOEXEC));
     if (ep.get() < 0) throw_errno("epoll_create1");
@@ -252,7 +296,7 @@ int channel_end::readiness_fd() {
     if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, ev.get(), &e) != 0) throw_errno("epoll_ctl");
     channel_direction& d = rx_dir();
     {
-        robust_lock_guard g(d.bell_lock);
+        bell_guard g(d.bell_lock);
         atomic(d.bell_mode).store(1, std::memory_order_seq_cst);
         // From here on every push rings (or finds the bell rung); what is
         // already queued without a doorbell we announce ourselves.
@@ -263,6 +307,7 @@ int channel_end::readiness_fd() {
     }
     epoll_ = std::move(ep);
     backlog_ = std::move(ev);
+    pid_ = current_pid();
     return epoll_.get();
 }
 

@@ -2,6 +2,7 @@
 
 #include <cstring>
 #include <string>
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -255,4 +256,185 @@ TEST(Queue, ProducerKilledMidCopyAfterGrowingAWrappedRingLosesNothing) {
     ASSERT_EQ(push_str(q, "after"), status::ok);
     ASSERT_TRUE(pop_str(q, s));
     EXPECT_EQ(s, "after");
+}
+
+// --- internal lock and copy slots (issue 9, items 2 and 3) ------------------
+
+namespace {
+// Tells the parent that the child reached a state, through a pipe.
+struct handshake {
+    int fds[2];
+    handshake() { EXPECT_EQ(pipe(fds), 0); }
+    ~handshake() {
+        close(fds[0]);
+        close(fds[1]);
+    }
+    void signal() { EXPECT_EQ(write(fds[1], "x", 1), 1); }
+    void wait() {
+        char c;
+        EXPECT_EQ(read(fds[0], &c, 1), 1);
+    }
+};
+void reap(pid_t pid) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+}
+}  // namespace
+
+TEST(Queue, LockHeldByAStoppedProcessTimesOutInsteadOfBlocking) {
+    auto q = shm_queue::create(0);
+    ASSERT_EQ(push_str(q, "x"), status::ok);
+    handshake hs;
+    pid_t pid = fork();
+    if (pid == 0) {
+        // Hold the queue's internal lock (as a put or get does for an instant).
+        mapping m(q.fd(), 0, page_size());
+        reinterpret_cast<detail::queue_header*>(m.data())->mutex.lock();
+        hs.signal();
+        pause();
+        _exit(0);
+    }
+    hs.wait();
+    kill(pid, SIGSTOP);  // stopped inside the critical section
+    const auto short_wait = deadline(std::chrono::milliseconds(30));
+    std::string s = "y";
+    std::size_t done = 0;
+    message_view m{1, s.data(), s.size()};
+    EXPECT_EQ(q.try_push(&m, 1, done, true, short_wait), status::timed_out);
+    EXPECT_EQ(done, 0u);
+    std::size_t taken = 0;
+    EXPECT_EQ(q.try_pop(1, [](std::uint32_t, const std::byte*, std::size_t) {}, taken,
+                        deadline(std::chrono::milliseconds(30))),
+              status::timed_out);
+    // Killed while holding it: the kernel marks the lock, the next taker repairs.
+    kill(pid, SIGKILL);
+    reap(pid);
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_EQ(s, "x");
+    ASSERT_EQ(push_str(q, "after"), status::ok);
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_EQ(s, "after");
+}
+
+TEST(Queue, ProducerStoppedOrKilledMidCopyWedgesNothing) {
+    auto q = shm_queue::create(0);
+    handshake hs;
+    pid_t pid = fork();
+    if (pid == 0) {
+        // Reserve room for a message, then stop before copying it.
+        auto qc = shm_queue::attach(dup(q.fd()));
+        std::string big(300000, 'w');
+        message_view m{1, big.data(), big.size()};
+        queue_reservation r;
+        if (qc.try_reserve(&m, 1, r, true, deadline()) != status::ok) _exit(2);
+        hs.signal();
+        pause();
+        _exit(0);
+    }
+    hs.wait();
+    kill(pid, SIGSTOP);
+    // The lock is free: other producers and consumers go on.
+    ASSERT_EQ(push_str(q, "later"), status::ok);
+    EXPECT_EQ(q.slots_in_use(), 2u);  // "later" is copied, but waits for its turn
+    std::string s;
+    // FIFO: "later" waits for the earlier reservation.
+    EXPECT_FALSE(pop_str(q, s));
+    kill(pid, SIGKILL);
+    reap(pid);
+    // The dead reservation is skipped, never read half-written.
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_EQ(s, "later");
+    EXPECT_FALSE(pop_str(q, s));
+    EXPECT_EQ(q.slots_in_use(), 0u);
+    for (int i = 0; i < 50; ++i) ASSERT_EQ(push_str(q, std::string(100000, 'a' + i % 26)), status::ok);
+    for (int i = 0; i < 50; ++i) {
+        ASSERT_TRUE(pop_str(q, s));
+        ASSERT_EQ(s, std::string(100000, 'a' + i % 26));
+    }
+}
+
+TEST(Queue, ConsumerKilledMidCopyFreesItsRecords) {
+    auto q = shm_queue::create(0);
+    std::string rec(200000, 'c');
+    for (int i = 0; i < 3; ++i) ASSERT_EQ(push_str(q, rec), status::ok);
+    handshake hs;
+    pid_t pid = fork();
+    if (pid == 0) {
+        auto qc = shm_queue::attach(dup(q.fd()));
+        queue_claim c;
+        if (qc.try_claim(1, c, deadline()) != status::ok) _exit(2);
+        hs.signal();
+        pause();  // never finishes its copy
+        _exit(0);
+    }
+    hs.wait();
+    kill(pid, SIGSTOP);
+    std::string s;
+    ASSERT_TRUE(pop_str(q, s));  // the next records are not held up
+    EXPECT_EQ(q.slots_in_use(), 1u);
+    kill(pid, SIGKILL);
+    reap(pid);
+    ASSERT_TRUE(pop_str(q, s));
+    EXPECT_FALSE(pop_str(q, s));
+    EXPECT_EQ(q.slots_in_use(), 0u);
+    // Its space is reused: many wraps of the 1 MiB ring without growing.
+    for (int i = 0; i < 40; ++i) {
+        ASSERT_EQ(push_str(q, rec), status::ok);
+        ASSERT_TRUE(pop_str(q, s));
+    }
+    EXPECT_EQ(q.capacity_bytes(), std::uint64_t{1} << 20);
+}
+
+TEST(Queue, SleeperKilledInItsSleepStopsCostingWakeups) {
+    auto q = shm_queue::create(0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        auto qc = shm_queue::attach(dup(q.fd()));
+        for (;;) qc.wait_not_empty(qc.not_empty_ticket(), std::nullopt);
+    }
+    while (!q.consumer_wake_pending()) usleep(1000);  // it sleeps
+    kill(pid, SIGKILL);
+    reap(pid);
+    // Its registration expires (a live sleeper renews it every 200 ms).
+    int polls = 0;
+    while (q.consumer_wake_pending() && polls < 5000) {
+        usleep(1000);
+        ++polls;
+    }
+    EXPECT_FALSE(q.consumer_wake_pending());
+}
+
+TEST(Queue, ConcurrentLargeProducersAndConsumersKeepEveryMessageIntact) {
+    auto q = shm_queue::create(0);
+    constexpr int producers = 3, per = 300;
+    std::vector<std::thread> ts;
+    for (int p = 0; p < producers; ++p)
+        ts.emplace_back([&q, p] {
+            for (int i = 0; i < per; ++i) {
+                std::string m(1000 + (i * 7919) % 300000, static_cast<char>('a' + p));
+                m[0] = static_cast<char>(p);
+                while (push_str(q, m) != status::ok) {
+                }
+            }
+        });
+    std::atomic<int> got{0};
+    std::vector<int> last(producers, -1);
+    std::vector<std::thread> cs;
+    std::atomic<bool> bad{false};
+    for (int c = 0; c < 2; ++c)
+        cs.emplace_back([&] {
+            std::string s;
+            while (got.load() < producers * per) {
+                if (!pop_str(q, s)) continue;
+                int p = s[0];
+                for (std::size_t k = 1; k < s.size(); ++k)
+                    if (s[k] != static_cast<char>('a' + p)) bad = true;
+                got.fetch_add(1);
+            }
+        });
+    for (auto& t : ts) t.join();
+    for (auto& t : cs) t.join();
+    EXPECT_FALSE(bad.load());
+    EXPECT_EQ(got.load(), producers * per);
+    EXPECT_EQ(q.slots_in_use(), 0u);
 }

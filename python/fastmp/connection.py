@@ -45,7 +45,7 @@ globals().update({k: v for k, v in vars(_std).items() if not k.startswith("__")}
 from multiprocessing.context import BufferTooShort  # noqa: E402
 
 from . import _fastmp  # noqa: E402
-from .reduction import _fd_for_child  # noqa: E402
+from .reduction import _detach_all, _fd_for_child  # noqa: E402
 
 __all__ = list(getattr(_std, "__all__", [k for k in vars(_std) if not k.startswith("_")]))
 
@@ -137,10 +137,8 @@ class Connection(_fastmp.Connection):
 
 
 def _rebuild_connection(sock, header, tx, rx, side, readable, writable):
-    fds = [sock.detach(), header.detach()]
-    fds.append(tx.detach() if tx is not None else -1)
-    fds.append(rx.detach() if rx is not None else -1)
-    return Connection(*fds, side, readable, writable)
+    fds = _detach_all((sock, header, tx, rx))
+    return Connection(*fds, side, readable, writable)  # the native side closes them if it fails
 
 
 def Pipe(duplex=True):

@@ -24,7 +24,7 @@ from multiprocessing import context as _std_context
 from queue import Empty, Full
 
 from . import _fastmp
-from .reduction import _fd_for_child
+from .reduction import _detach_all, _fd_for_child
 
 __all__ = ["Queue", "SimpleQueue", "JoinableQueue"]
 
@@ -44,7 +44,8 @@ def _check_maxsize(maxsize) -> int:
 
 def _rebuild(cls, maxsize, fd_holder, doorbell_holder, state):
     obj = cls.__new__(cls)
-    _fastmp.Queue.__init__(obj, maxsize, fd_holder.detach(), doorbell_holder.detach())
+    fd, doorbell = _detach_all((fd_holder, doorbell_holder))
+    _fastmp.Queue.__init__(obj, maxsize, fd, doorbell)  # closes both if it fails
     obj.__dict__.update(state)
     return obj
 

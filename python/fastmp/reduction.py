@@ -109,4 +109,24 @@ def _fd_for_child(fd: int):
     return DupFd(fd)
 
 
+def _detach_all(holders):
+    """Detaches every fd holder (DupFd or None -> -1), in order: the received
+    descriptors. If one fails, closes those already detached, then raises."""
+    import os
+
+    fds = []
+    try:
+        for h in holders:
+            fds.append(-1 if h is None else h.detach())
+    except BaseException:
+        for fd in fds:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        raise
+    return fds
+
+
 __all__ += ["dumps", "loads", "register"]

@@ -39,7 +39,8 @@
 //   way (only the other end can write into our socket), so fileno() returns
 //   an epoll fd watching the socket plus a process-local eventfd that the
 //   reader arms itself for that backlog and clears once the queue drains.
-// - A holder killed inside bell_lock: the robust_mutex hands it over; at
+// - A holder killed inside bell_lock: the process_mutex (robust pthread
+//   mutex, the kernel reports the death) hands it over; at
 //   worst a stray doorbell byte is left, which a woken reader that finds the
 //   queue empty drains again (so it cannot spin).
 #pragma once
@@ -49,6 +50,8 @@
 #include <optional>
 #include <type_traits>
 #include <utility>
+
+#include <sys/types.h>
 
 #include <fastmp/futex.hpp>
 #include <fastmp/queue.hpp>
@@ -61,14 +64,14 @@ namespace fastmp {
 namespace detail {
 
 struct channel_direction {
-    robust_mutex bell_lock;
+    process_mutex bell_lock;
     std::uint32_t bell;       // 1 while a doorbell byte sits in the reader's socket
     std::uint32_t bell_mode;  // sticky: some reader waits through fileno()
     std::uint32_t sleepers;   // readers asleep (or about to be) on `seq`
     std::uint32_t seq;        // futex word: bumped to wake sleeping readers
     std::uint32_t waiting;    // readers inside a blocking wait (spinning or asleep)
     std::uint32_t pollers;    // readers asleep in poll() on their socket
-    std::uint32_t pad[9];
+    std::uint32_t pad[1];
 };
 
 struct channel_header {
@@ -95,8 +98,8 @@ struct channel_fds {
 
 class channel_end {
 public:
-    static constexpr std::uint64_t magic = 0x666173746d706331ull;  // "fastmpc1"
-    static constexpr std::uint32_t layout_version = 1;
+    static constexpr std::uint64_t magic = 0x666173746d706332ull;  // "fastmpc2"
+    static constexpr std::uint32_t layout_version = 2;
 
     // A connected pair. duplex == false: first is read-only, second write-only
     // (the stdlib's order).
@@ -114,8 +117,17 @@ public:
 
     // Publishes one message (the payload is copied). Never blocks: the ring
     // grows. Throws sys_error(EPIPE) when every copy of the other end is closed.
-    void send(const message_view& m);
+    void send(const message_view& m) { send(m, deadline()); }
     void send(std::uint32_t tag, const void* data, std::size_t size) { send(message_view{tag, data, size}); }
+    // As send, waiting for the queue's internal lock at most until lock_dl:
+    // ok, or timed_out (nothing sent).
+    status send(const message_view& m, const deadline& lock_dl);
+
+    // The steps of try_recv for callers that copy out themselves: claim the
+    // oldest message (ok, empty, or timed_out when the lock was busy until
+    // lock_dl), read it, then finish_recv.
+    status try_claim(queue_claim& c, const deadline& lock_dl);
+    void finish_recv(queue_claim& c) noexcept;
 
     // Takes the oldest message, if any: sink(tag, data, size) runs under the
     // queue lock and must copy what it needs; a sink that throws leaves the
@@ -158,6 +170,8 @@ private:
     unique_fd epoll_;
     unique_fd backlog_;
     bool backlog_armed_ = false;
+    pid_t pid_ = 0;  // the process that made epoll_/backlog_ (a forked child makes its own)
+    void check_fork() noexcept;
     int spin_budget_ = 2000;
     int unchecked_sends_ = 0;
     int idle_sleeps_ = 0;  // futex sleeps since the last message taken
@@ -165,11 +179,15 @@ private:
 
 template <class Sink>
 bool channel_end::try_recv(Sink&& sink) {
-    if (!has_data()) return false;
-    std::size_t taken = 0;
-    rx_->try_pop(1, std::forward<Sink>(sink), taken);
-    if (taken == 0) return false;
-    after_recv();
+    queue_claim c;
+    if (try_claim(c, deadline()) != status::ok) return false;
+    try {
+        sink(c.records[0].tag, c.records[0].data, c.records[0].size);
+    } catch (...) {
+        rx_->unclaim(c, 0, deadline());
+        throw;
+    }
+    finish_recv(c);
     return true;
 }
 

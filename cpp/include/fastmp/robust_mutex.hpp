@@ -1,22 +1,57 @@
-// A process-shared mutex that survives the death of its holder.
+// Process-shared mutexes that survive the death of their holder.
 //
 // Design notes
-// - Lives inside a shared-memory layout (a single 32-bit word, trivially
-//   copyable); whoever creates the layout zero-initialises it (= unlocked).
-// - The word holds the holder's pid, plus a bit saying someone may sleep on
-//   it. Waiters sleep on the futex in short slices; after each slice they ask
-//   whether the holder still lives, and if not they take the lock over and are
-//   told so (status::owner_died), so they can repair the state it guarded.
-// - Meant for short critical sections inside fastmp's own structures: its
-//   wait is not interruptible by signals.
+// - `process_mutex` is the one for fastmp's internal critical sections (the
+//   queue's and the channel's locks). It is a process-shared *robust* pthread
+//   mutex: glibc registers a held robust mutex in the holding thread's robust
+//   list (set_robust_list), and when that thread dies the kernel itself marks
+//   the futex word FUTEX_OWNER_DIED and wakes a waiter, who gets EOWNERDEAD.
+//   No pid is polled, so neither a recycled pid nor a holder in another pid
+//   namespace is mistaken for a live holder, and a dead holder is noticed at
+//   once instead of after a liveness slice.
+// - It lives in shared memory (40 bytes, trivially copyable); the creator of
+//   the layout calls init() once, before anyone else can see it.
+// - Waits are bounded: lock(deadline) sleeps in the kernel for at most the
+//   time left (pthread_mutex_timedlock, an absolute CLOCK_REALTIME time that
+//   we compute from the monotonic deadline in short slices, so a clock jump
+//   costs at most one slice) and reports timed_out. Callers that run on a
+//   Python thread take the fast try first with the GIL, then wait without it
+//   in slices, checking signals between slices (see bindings/common.hpp).
+// - A taker told status::owner_died owns the mutex and it is already marked
+//   consistent again: it must repair what the mutex guards (idempotently: if
+//   it dies while repairing, the next taker is told owner_died again).
+// - `robust_mutex` is the older pid-polling lock kept for the sync arena's
+//   64-byte slots (a 4-byte word; sync.cpp belongs to the sync primitives'
+//   owner, who can move them to process_mutex when a slot can hold 40 bytes).
+//   Its owner-death test polls the holder's pid, which a recycled pid or
+//   another pid namespace can fool.
 #pragma once
 
 #include <cstdint>
 #include <type_traits>
 
+#include <pthread.h>
+
+#include <fastmp/futex.hpp>
 #include <fastmp/status.hpp>
 
 namespace fastmp {
+
+struct process_mutex {
+    pthread_mutex_t m;
+
+    // Once, by the creator of the shared layout. Throws sys_error.
+    void init();
+    // ok, owner_died (taken over: repair), or timed_out (someone holds it).
+    status try_lock() noexcept;
+    // As try_lock, waiting until `dl` (an expired deadline = try once; the
+    // default = forever). Not interruptible by itself: callers that must
+    // react to signals pass short deadlines and loop.
+    status lock(const deadline& dl = deadline()) noexcept;
+    void unlock() noexcept;
+};
+static_assert(std::is_trivially_copyable_v<process_mutex>);
+static_assert(std::is_standard_layout_v<process_mutex>);
 
 struct robust_mutex {
     std::uint32_t word;  // 0 = free, else holder pid | waiters_bit
