@@ -82,7 +82,7 @@ std::int64_t sync_arena::allocate(std::uint32_t n) {
     std::uint32_t* refs = ref_table();
     const std::uint32_t total = h->nslots;
     if (n == 0 || n > total) return -1;
-    kernel_lock_guard g(h->alloc_lock);
+    process_lock_guard g(h->alloc_lock);
     if (g.recovered()) repair_after_dead_holder();
     // Objects of the same size tend to be allocated and freed together, so a
     // first-fit scan from a moving hint keeps this short.
@@ -115,7 +115,7 @@ void sync_arena::drop_ref(std::uint32_t index) noexcept {
     // Always under the allocator lock (objects die rarely): two holders
     // dropping at once must not both skip the cleanup of the continuation
     // slots, which would leave them marked forever.
-    kernel_lock_guard g(header()->alloc_lock);
+    process_lock_guard g(header()->alloc_lock);
     if (g.recovered()) repair_after_dead_holder();
     if (atomic(refs[index]).load() == 0) return;
     if (atomic(refs[index]).fetch_sub(1) == 1) {

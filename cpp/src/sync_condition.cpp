@@ -1,7 +1,7 @@
 // The waiter table of a Condition (see sync.hpp).
 //
 // A waiter killed inside one of these short critical sections (the kernel
-// reports it through kernel_mutex) can leave `waiting` one too high; it is a
+// reports it through process_mutex) can leave `waiting` one too high; it is a
 // hint (notify() skips the table when it is 0), so the cost is a table scan.
 #include <fastmp/sync.hpp>
 
@@ -37,7 +37,7 @@ shm_condition shm_condition::attach(sync_ref ref) {
 std::int32_t shm_condition::enlist() noexcept {
     condition_layout* l = layout_;
     const bool judge = arena_->judges();
-    kernel_lock_guard g(l->m);
+    process_lock_guard g(l->m);
     atomic(l->waiting).fetch_add(1);
     std::int32_t found = overflow_index;
     for (std::int32_t pass = 0; pass < 2 && found == overflow_index; ++pass) {
@@ -77,7 +77,7 @@ wait_result shm_condition::wait(std::int32_t index, std::uint32_t ticket, clock:
 
 bool shm_condition::finish(std::int32_t index, std::uint32_t since) noexcept {
     condition_layout* l = layout_;
-    kernel_lock_guard g(l->m);
+    process_lock_guard g(l->m);
     if (index == overflow_index) {
         --l->overflow;
         atomic(l->waiting).fetch_sub(1);
@@ -96,7 +96,7 @@ std::uint32_t shm_condition::notify(std::uint64_t n) noexcept {
     if (n == 0 || atomic(l->waiting).load() == 0) return 0;
     std::uint32_t done = 0;
     {
-        kernel_lock_guard g(l->m);
+        process_lock_guard g(l->m);
         while (done < n) {
             // Oldest waiter first, like threading.Condition.
             cond_entry* oldest = nullptr;
@@ -120,7 +120,7 @@ void shm_condition::rescue_orphans() noexcept {
     if (!arena_->judges()) return;
     bool moved = false;
     {
-        kernel_lock_guard g(l->m);
+        process_lock_guard g(l->m);
         for (cond_entry& dead : l->entries) {
             if (dead.state != 2 || id_alive(dead.id)) continue;
             atomic(dead.state).store(0);

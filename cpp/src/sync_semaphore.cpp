@@ -104,7 +104,7 @@ std::uint32_t shm_semaphore::recover_dead_holders() noexcept {
     semaphore_layout* l = layout_;
     std::uint32_t restored = 0;
     {
-        kernel_lock_guard g(l->recovery);  // a dead recoverer leaves nothing to repair: see below
+        process_lock_guard g(l->recovery);  // a dead recoverer leaves nothing to repair: see below
         std::uint64_t live = atomic(l->untracked).load();
         pid_slot* dead[std::size(semaphore_layout{}.holders)];
         std::size_t ndead = 0;

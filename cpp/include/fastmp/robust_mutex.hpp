@@ -2,7 +2,8 @@
 //
 // Design notes
 // - `process_mutex` is the one for fastmp's internal critical sections (the
-//   queue's and the channel's locks). It is a process-shared *robust* pthread
+//   queue's and the channel's locks, the sync arena's allocator and internal
+//   tables, the manager's containers). It is a process-shared *robust* pthread
 //   mutex: glibc registers a held robust mutex in the holding thread's robust
 //   list (set_robust_list), and when that thread dies the kernel itself marks
 //   the futex word FUTEX_OWNER_DIED and wakes a waiter, who gets EOWNERDEAD.
@@ -20,11 +21,11 @@
 // - A taker told status::owner_died owns the mutex and it is already marked
 //   consistent again: it must repair what the mutex guards (idempotently: if
 //   it dies while repairing, the next taker is told owner_died again).
-// - `robust_mutex` is the older pid-polling lock kept for the sync arena's
-//   64-byte slots (a 4-byte word; sync.cpp belongs to the sync primitives'
-//   owner, who can move them to process_mutex when a slot can hold 40 bytes).
-//   Its owner-death test polls the holder's pid, which a recycled pid or
-//   another pid namespace can fool.
+// - `robust_mutex` is the older pid-polling lock (a 4-byte word). Nothing in
+//   the library uses it any more; its tests remain while it exists. The
+//   user-visible Lock and Semaphore cannot be robust pthread mutexes (any
+//   thread or process may release them): sync.hpp says how they judge a
+//   holder dead.
 #pragma once
 
 #include <cstdint>
@@ -52,6 +53,21 @@ struct process_mutex {
 };
 static_assert(std::is_trivially_copyable_v<process_mutex>);
 static_assert(std::is_standard_layout_v<process_mutex>);
+
+// RAII holder of a process_mutex, waiting as long as it takes; for short
+// internal sections that never block. `recovered()`: the previous holder died.
+class process_lock_guard {
+public:
+    explicit process_lock_guard(process_mutex& m) noexcept : m_(m), st_(m.lock()) {}
+    ~process_lock_guard() { m_.unlock(); }
+    process_lock_guard(const process_lock_guard&) = delete;
+    process_lock_guard& operator=(const process_lock_guard&) = delete;
+    bool recovered() const noexcept { return st_ == status::owner_died; }
+
+private:
+    process_mutex& m_;
+    status st_;
+};
 
 struct robust_mutex {
     std::uint32_t word;  // 0 = free, else holder pid | waiters_bit

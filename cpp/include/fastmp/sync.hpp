@@ -45,7 +45,7 @@
 //   futex word, and the next release/set clears it (one needless wake-up
 //   after a killed sleeper, then nothing).
 // - Internal critical sections (arena allocation, the Condition's table, the
-//   Semaphore's recovery) use kernel_mutex: the kernel's robust futexes
+//   Semaphore's recovery) use process_mutex: the kernel's robust futexes
 //   report a dead holder, no pid involved.
 // - Blocking: every wait here is one futex wait of at most one slice that
 //   reports signals (futex.hpp); the bindings loop with run_blocking.
@@ -59,7 +59,7 @@
 
 #include <fastmp/futex.hpp>
 #include <fastmp/process.hpp>
-#include <fastmp/kernel_mutex.hpp>
+#include <fastmp/robust_mutex.hpp>
 #include <fastmp/segment.hpp>
 #include <fastmp/status.hpp>
 
@@ -79,7 +79,7 @@ struct sync_arena_header {
     std::uint32_t creator_pid;
     std::uint32_t pad;
     std::uint64_t pidns;       // the creator's pid namespace: pids recorded here are in it
-    kernel_mutex alloc_lock;   // allocation and freeing (a dead holder's half-done work is repaired)
+    process_mutex alloc_lock;   // allocation and freeing (a dead holder's half-done work is repaired)
     // then: std::uint32_t refs[nslots] (0 = free, continuation_mark, else refcount), then slots
 };
 static_assert(std::is_trivially_copyable_v<sync_arena_header>);
@@ -242,7 +242,7 @@ struct semaphore_layout {
     std::uint32_t maxvalue;
     std::uint32_t initial;
     std::uint32_t untracked;  // units held by processes that found the table full
-    kernel_mutex recovery;    // one recovering waiter at a time
+    process_mutex recovery;    // one recovering waiter at a time
     pid_slot holders[28];
 };
 
@@ -262,7 +262,7 @@ struct cond_entry {
 
 struct condition_layout {
     sync_object_header h;
-    kernel_mutex m;
+    process_mutex m;
     std::uint32_t seq;       // futex word, bumped by every notification
     std::uint32_t waiting;   // entries in state 1, plus overflow waiters
     std::uint32_t next_order;
