@@ -22,6 +22,13 @@ import fastmp
 SETTLE_SECONDS = 5.0
 
 
+def pytest_configure(config):
+    # A shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the Ctrl-C tests would hang when
+    # the suite runs in the background (as CI may). Tests expect Python's own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _children() -> set[int]:
     me = os.getpid()
     kids = set()
