@@ -46,6 +46,9 @@ _tut_real_sleep = _tut_time.sleep
 
 def _tut_sleep(seconds):
     in_main = _tut_os.getpid() == _TUT_MAIN_PID
+    before = globals().get("_tut_before_sleep")
+    if before is not None:
+        before(seconds, in_main)
     _tut_real_sleep(seconds * (@MAIN_SCALE@ if in_main else @CHILD_SCALE@))
     hook = globals().get("_tut_on_long_sleep")
     if hook is not None and in_main and seconds >= 10:
@@ -1641,22 +1644,48 @@ def _check_004_7_2_graceful(lines):
     assert lines[-2] == "All processes terminated", lines
 
 
+# The tutorial's parent sleeps 3 s so that its workers can install their
+# SIGTERM handler before terminate(). Synchronise on that state instead of
+# time: each worker marks (a file in the run's directory) that it reached its
+# first sleep, inside its try block with the handler installed, and the
+# parent's sleep starts once both have. The workers' 10 x 1 s of work are
+# scaled up (30 s) so they cannot finish before terminate(), however slow
+# the machine.
+HOOK_WORKERS_READY = r"""
+def _tut_before_sleep(seconds, in_main):
+    if not in_main:
+        open(f"tut-sleeping-{_tut_os.getpid()}", "w").close()
+        return
+    deadline = _tut_time.monotonic() + 60
+    while _tut_time.monotonic() < deadline:
+        if sum(e.startswith("tut-sleeping-") for e in _tut_os.listdir(".")) >= 2:
+            return
+        _tut_real_sleep(0.01)
+"""
+
+
 def test_004_7_2_lifecycle_as_written_fork(tmp_path):
-    res = run_tut(tmp_path, T004_7_2, "fork", main_scale=0.2, child_scale=0.5, epilogue=EPI_004_7_2)
+    res = run_tut(
+        tmp_path,
+        T004_7_2,
+        "fork",
+        main_scale=0.2,
+        child_scale=3,
+        hooks=HOOK_WORKERS_READY,
+        epilogue=EPI_004_7_2,
+    )
     _check_004_7_2_graceful(ok_lines(res))
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_004_7_2_lifecycle_fixed(tmp_path, method):
-    # The parent's 3 s (the time a spawned worker has to install its SIGTERM
-    # handler) are scaled less under spawn.
-    main_scale = 0.2 if method == "fork" else 0.5
     res = run_tut(
         tmp_path,
         T004_7_2_FIXED,
         method,
-        main_scale=main_scale,
-        child_scale=0.5,
+        main_scale=0.2,
+        child_scale=3,
+        hooks=HOOK_WORKERS_READY,
         epilogue=EPI_004_7_2,
     )
     _check_004_7_2_graceful(ok_lines(res))
