@@ -17,6 +17,7 @@ import gc
 import importlib
 import multiprocessing
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -70,7 +71,8 @@ import fastmp  # noqa: E402
 
 
 def pytest_report_header(config):
-    return f"/dev/shm: {'private' if os.environ.get(_PRIVATE_SHM_ENV) == '1' else 'shared'}"
+    shm = "private" if os.environ.get(_PRIVATE_SHM_ENV) == "1" else "shared"
+    return f"/dev/shm: {shm}; chaos seed: FASTMP_CHAOS_SEED={os.environ['FASTMP_CHAOS_SEED']}"
 
 
 def pytest_configure(config):
@@ -79,6 +81,13 @@ def pytest_configure(config):
     # installs no KeyboardInterrupt handler: the Ctrl-C tests would hang when
     # the suite runs in the background (as CI may). Tests expect Python's own.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # FASTMP_TEST_START_METHOD=forkserver runs the suite with the default
+    # start method Python 3.14 has (nothing may assume fork is the default).
+    # tests/test_chaos.py: one seed per session, printed in the header.
+    os.environ.setdefault("FASTMP_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 32)))
+    method = os.environ.get("FASTMP_TEST_START_METHOD")
+    if method:
+        multiprocessing.set_start_method(method, force=True)
 
 
 def _children() -> set[int]:
