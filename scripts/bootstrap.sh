@@ -13,8 +13,10 @@ for arg in "$@"; do
     *) echo "usage: $0 [--test] [--boost]" >&2; exit 2 ;;
   esac
 done
+# A C++20 compiler (any build needs one).
+command -v c++ >/dev/null 2>&1 || pkgs+=(g++)
 missing=()
-for p in "${pkgs[@]}"; do
+for p in ${pkgs[@]+"${pkgs[@]}"}; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if ((${#missing[@]})); then
