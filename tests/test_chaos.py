@@ -141,7 +141,13 @@ def test_chaos_queue_producers_and_consumers(rng):
     assert q.qsize() == 0 and q.empty(), tag
     assert corrupt.value == 0, f"{corrupt.value} corrupt messages {tag}"
     counts = bytes(seen)
-    assert not counts.translate(None, b"\x00\x01"), f"duplicated messages {tag}"
+    if counts.translate(None, b"\x00\x01"):
+        dups = [k for k in range(len(counts)) if counts[k] not in (0, 1)][:10]
+        described = [
+            (k // PER_PRODUCER, k % PER_PRODUCER, counts[k], k in maybe, sent[k // PER_PRODUCER])
+            for k in dups
+        ]
+        pytest.fail(f"duplicated (producer, seq, count, maybe, reached): {described} {tag}")
     missing = 0
     for i in range(n_prod):
         base = i * PER_PRODUCER
@@ -184,7 +190,7 @@ def test_chaos_lock_holders(rng):
     n = 3
     lock = ctx.Lock()
     counter, inside = ctx.RawValue("q", 0), ctx.RawValue("i", 0)
-    done = ctx.RawArray("q", 64)
+    done = ctx.RawArray("q", 1 << 16)  # completed sections, per process ever started
     slots = list(range(n))
     procs = {}
     for k in range(n):
@@ -192,7 +198,7 @@ def test_chaos_lock_holders(rng):
         procs[k].start()
     next_slot = n
     end = time.monotonic() + SECONDS
-    while time.monotonic() < end:
+    while time.monotonic() < end and next_slot < len(done):
         k = rnd.randrange(n)
         victim = procs[k]
         if rnd.random() < 0.5:
@@ -206,7 +212,6 @@ def test_chaos_lock_holders(rng):
         victim.join(60)
         if inside.value == victim.pid:
             inside.value = 0
-        assert next_slot < len(done), tag
         procs[k] = ctx.Process(target=_locker, args=(lock, counter, done, next_slot, inside))
         next_slot += 1
         procs[k].start()
@@ -291,7 +296,7 @@ def test_chaos_pool_workers(rng):
         while time.monotonic() < end:
             results = [(x, pool.apply_async(_task, (x,))) for x in range(rnd.randrange(5, 60))]
             time.sleep(rnd.uniform(0, 0.02))
-            victims = [p for p in list(pool._pool) if p.is_alive()]
+            victims = [p for p in list(pool._pool) if p is not None and p.is_alive()]
             if victims:
                 try:
                     os.kill(rnd.choice(victims).pid, signal.SIGKILL)

@@ -149,6 +149,9 @@ def test_empty_on_closed_queue(ctx):
     # A child that did not put itself (fork copies the parent's handle).
     q, out = ctx.Queue(), ctx.Queue()
     q.put("foo")
+    deadline = time.monotonic() + 30
+    while q.empty() and time.monotonic() < deadline:  # the stdlib's feeder thread
+        time.sleep(0.01)
     p = ctx.Process(target=_report_empty_after_close, args=(q, out))
     p.start()
     assert out.get(timeout=60) is False
