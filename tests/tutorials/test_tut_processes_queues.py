@@ -476,14 +476,16 @@ def test_002_1_process_basics(tmp_path, method):
 
 
 def test_002_1_spawn_as_written(tmp_path):
-    """B7: the nested target fails to pickle under spawn, with fastmp as with the stdlib."""
-    results = [run_tut(tmp_path, T002_1, "spawn", lib=lib) for lib in ("multiprocessing", "fastmp")]
-    for res in results:
-        assert res.returncode == 1, show(res)
-        assert res.stderr.splitlines()[-1] == (
-            "AttributeError: Can't pickle local object 'main01_process_basics.<locals>.worker'"
-        ), show(res)
-    assert without_pids(results[0].stdout) == without_pids(results[1].stdout)
+    """B7: the nested target fails to pickle under spawn with the stdlib; fastmp
+    sends it by value (README, Differences: targets by value) and runs it."""
+    std = run_tut(tmp_path, T002_1, "spawn", lib="multiprocessing")
+    assert std.returncode == 1, show(std)
+    # ("Can't get local object" since 3.13)
+    assert re.fullmatch(
+        r"AttributeError: Can't (pickle|get) local object 'main01_process_basics.<locals>.worker'",
+        std.stderr.splitlines()[-1],
+    ), show(std)
+    _check_002_1(ok_lines(run_tut(tmp_path, T002_1, "spawn")))
 
 
 @pytest.mark.parametrize("method", METHODS)
