@@ -3,6 +3,12 @@
 Every test runs under `_no_leftovers`, which fails it if it leaves child
 processes, threads, file descriptors or /dev/shm entries behind (and cleans
 them up so the next test starts clean).
+
+/dev/shm is machine-wide, so another program's files must not fail our
+tests: run as root, the session re-executes itself in a private mount
+namespace with its own empty /dev/shm (see _private_dev_shm). Where that is
+not possible (not root, or no CAP_SYS_ADMIN), only names of the kinds the
+stdlib and fastmp make are checked.
 """
 
 from __future__ import annotations
@@ -11,19 +17,81 @@ import gc
 import importlib
 import multiprocessing
 import os
+import random
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
-
-import fastmp
 
 SETTLE_SECONDS = 5.0
 
 # Tests choose their pool backend themselves (see test_pool_cluster.py): a
 # FASTMP_CLUSTER left in the environment must not move every Pool to a cluster.
 os.environ.pop("FASTMP_CLUSTER", None)
+
+# "1": this session already runs on a private /dev/shm; "0": do not try;
+# "unavailable": tried and could not.
+_PRIVATE_SHM_ENV = "FASTMP_TEST_PRIVATE_SHM"
+_MOUNT_SHM = "mount -t tmpfs -o mode=1777 tmpfs /dev/shm"
+
+
+def _private_dev_shm(config):
+    """Re-executes this pytest run inside `unshare -m` with a fresh /dev/shm."""
+    if os.environ.get(_PRIVATE_SHM_ENV) is not None or os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    launched_as = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if launched_as not in ("pytest", "py.test", "__main__.py"):
+        return  # pytest.main() inside another program: leave it alone
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        os.environ[_PRIVATE_SHM_ENV] = "unavailable"
+        return
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", _MOUNT_SHM],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
+    if probe.returncode != 0:  # e.g. a container without CAP_SYS_ADMIN
+        os.environ[_PRIVATE_SHM_ENV] = "unavailable"
+        return
+    os.environ[_PRIVATE_SHM_ENV] = "1"
+    orig = getattr(sys, "orig_argv", None)  # 3.10+: keeps the interpreter's options
+    if orig and "-m" in orig:
+        argv = [sys.executable, *orig[1:]]
+    else:
+        argv = [sys.executable, "-m", "pytest", *sys.argv[1:]]
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is not None:  # give the new process the real stdout/stderr
+        capture.suspend_global_capture(in_=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvp("unshare", ["unshare", "-m", "sh", "-c", _MOUNT_SHM + ' && exec "$@"', "sh", *argv])
+
+
+import fastmp  # noqa: E402
+
+
+def pytest_report_header(config):
+    shm = "private" if os.environ.get(_PRIVATE_SHM_ENV) == "1" else "shared"
+    return f"/dev/shm: {shm}; chaos seed: FASTMP_CHAOS_SEED={os.environ['FASTMP_CHAOS_SEED']}"
+
+
+def pytest_configure(config):
+    _private_dev_shm(config)
+    # A shell starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: the Ctrl-C tests would hang when
+    # the suite runs in the background (as CI may). Tests expect Python's own.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # FASTMP_TEST_START_METHOD=forkserver runs the suite with the default
+    # start method Python 3.14 has (nothing may assume fork is the default).
+    # tests/test_chaos.py: one seed per session, printed in the header.
+    os.environ.setdefault("FASTMP_CHAOS_SEED", str(random.SystemRandom().randrange(1 << 32)))
+    method = os.environ.get("FASTMP_TEST_START_METHOD")
+    if method:
+        multiprocessing.set_start_method(method, force=True)
 
 
 def _children() -> set[int]:
@@ -60,11 +128,18 @@ def _fds() -> set[int]:
     return {int(fd) for fd in os.listdir("/proc/self/fd")}
 
 
+# The names the stdlib (SemLock, SharedMemory) and fastmp put in /dev/shm.
+_SHM_PREFIXES = ("sem.mp-", "psm_", "mp-", "fastmp")
+
+
 def _shm() -> set[str]:
     try:
-        return set(os.listdir("/dev/shm"))
+        names = set(os.listdir("/dev/shm"))
     except FileNotFoundError:
         return set()
+    if os.environ.get(_PRIVATE_SHM_ENV) == "1":
+        return names
+    return {n for n in names if n.startswith(_SHM_PREFIXES)}
 
 
 def _reap():

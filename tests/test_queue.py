@@ -122,6 +122,44 @@ def test_closed_queue_raises_valueerror(ctx):
     q.join_thread()
 
 
+def _report_empty_after_close(q, out):
+    q.close()  # this process never put: the stdlib's close() is a no-op here
+    out.put(q.empty())
+
+
+def test_empty_on_closed_queue(ctx):
+    # As the stdlib (and 3.13's test suite): empty() on a closed queue this
+    # process has put into raises OSError; on one it never put into it works.
+    for make in (ctx.Queue, ctx.JoinableQueue):
+        q = make()
+        q.close()
+        q.join_thread()
+        assert q.empty()
+        for used in (lambda q: q.put("foo"), lambda q: (q.put("foo"), q.get())):
+            q = make()
+            used(q)
+            q.close()
+            q.join_thread()
+            with pytest.raises(OSError, match="is closed"):
+                q.empty()
+    q = ctx.SimpleQueue()
+    q.close()
+    with pytest.raises(OSError, match="is closed"):
+        q.empty()
+    # A child that did not put itself (fork copies the parent's handle).
+    q, out = ctx.Queue(), ctx.Queue()
+    q.put("foo")
+    deadline = time.monotonic() + 30
+    while q.empty() and time.monotonic() < deadline:  # the stdlib's feeder thread
+        time.sleep(0.01)
+    p = ctx.Process(target=_report_empty_after_close, args=(q, out))
+    p.start()
+    assert out.get(timeout=60) is False
+    p.join()
+    assert p.exitcode == 0
+    assert q.get(timeout=60) == "foo"
+
+
 def test_join_thread_requires_close(ctx):
     q = ctx.Queue()
     with pytest.raises(AssertionError, match="not closed"):

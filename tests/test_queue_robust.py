@@ -103,16 +103,44 @@ def test_producer_killed_mid_put_leaves_only_whole_messages():
     assert q.get(timeout=5) == "still works"
 
 
+def _wait_until_sleeping_in_futex(pid, timeout=30):
+    """Returns once `pid` sleeps in a futex wait (the state a kill must hit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/wchan") as f:
+            if f.read().startswith("futex"):
+                return
+        time.sleep(0.002)
+    pytest.fail(f"process {pid} never slept in a futex wait")
+
+
+def _get_and_report(q, out):
+    out.put("ready")
+    out.put(("got", q.get()))
+
+
 def test_consumer_killed_while_sleeping_does_not_swallow_items():
+    # Two consumers sleep in get(); the one that slept first is killed while
+    # sleeping. The item put next must wake the other one.
     q, out = fastmp.Queue(), fastmp.Queue()
-    sleeper = fastmp.Process(target=_blocked_get, args=(q, out))
-    sleeper.start()
+    victim = fastmp.Process(target=_blocked_get, args=(q, out))
+    victim.start()
     assert out.get(timeout=30) == "ready"
-    time.sleep(0.2)
-    sleeper.kill()
-    sleeper.join(10)
+    _wait_until_sleeping_in_futex(victim.pid)
+    survivor = fastmp.Process(target=_get_and_report, args=(q, out))
+    survivor.start()
+    assert out.get(timeout=30) == "ready"
+    _wait_until_sleeping_in_futex(survivor.pid)
+    _wait_until_sleeping_in_futex(victim.pid)
+    victim.kill()
+    victim.join(10)
+    assert victim.exitcode == -signal.SIGKILL
     q.put("for the living")
-    assert q.get(timeout=5) == "for the living"
+    assert out.get(timeout=30) == ("got", "for the living")
+    survivor.join(30)
+    assert survivor.exitcode == 0
+    q.put("still works")
+    assert q.get(timeout=5) == "still works"
 
 
 PARENT_KILLED = """
@@ -134,9 +162,30 @@ if __name__ == "__main__":
         k.start()
     q.put_many(range(1000))
     q.put(b"x" * (4 << 20))
+    print(os.fstat(q._fd()).st_ino, flush=True)
     print(" ".join(str(k.pid) for k in kids), flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """
+
+
+def _memfd_holders(inode):
+    """Pids holding (fd) or mapping a memfd with this inode, machine-wide."""
+    holders = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/memfd:") and os.stat(f"/proc/{pid}/fd/{fd}").st_ino == inode:
+                    holders.append(int(pid))
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    fields = line.split(maxsplit=5)
+                    if len(fields) == 6 and "/memfd:" in fields[5] and int(fields[4]) == inode:
+                        holders.append(int(pid))
+                        break
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue  # exited meanwhile, or not ours to look at
+    return sorted(set(holders))
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
@@ -144,7 +193,9 @@ def test_parent_killed_leaves_nothing_behind(tmp_path, method):
     shm_before = set(os.listdir("/dev/shm"))
     res = run_script(PARENT_KILLED, tmp_path, timeout=60, args=[method])
     assert res.returncode == -signal.SIGKILL, res.stderr
-    kids = [int(x) for x in res.stdout.split()]
+    inode_line, kids_line = res.stdout.splitlines()
+    queue_inode = int(inode_line)
+    kids = [int(x) for x in kids_line.split()]
     assert len(kids) == 2
     # The orphans drain the queue and exit by themselves; run_script has
     # already killed the session, so they are gone either way: check that.
@@ -152,6 +203,9 @@ def test_parent_killed_leaves_nothing_behind(tmp_path, method):
     while any(os.path.exists(f"/proc/{pid}") for pid in kids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(os.path.exists(f"/proc/{pid}") for pid in kids)
+    # The queue's memory went with its last process: no process on the
+    # machine still holds or maps its memfd.
+    assert _memfd_holders(queue_inode) == []
     # No names were ever created: nothing in /dev/shm, no temp files.
     assert set(os.listdir("/dev/shm")) == shm_before
     assert not list(tmp_path.glob("*")) or [p.name for p in tmp_path.iterdir()] == ["script.py"]

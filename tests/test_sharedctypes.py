@@ -269,7 +269,8 @@ def test_unlocked_increment_race_never_above_total(ctx):
     for p in procs:
         p.join()
     assert [p.exitcode for p in procs] == [0, 0]
-    assert 20000 <= v.value <= 40000
+    # (Interleaved lost updates can take the total below one process's 20000.)
+    assert 2 <= v.value <= 40000
 
 
 def test_array_locked_increments(ctx):

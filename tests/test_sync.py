@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing.heap
 import pickle
+import sys
 import threading
 import time
 
@@ -320,7 +321,8 @@ def test_event(ctx):
     assert ev.wait(0) is True
     ev.clear()
     assert ev.is_set() is False
-    assert "unset" in repr(ev)
+    if type(ctx).__module__ != "multiprocessing.context" or sys.version_info >= (3, 11):
+        assert "unset" in repr(ev)  # the stdlib's Event has this repr since 3.11
     p = ctx.Process(target=_event_setter, args=(ev, 0.2))
     p.start()
     assert ev.wait(30) is True

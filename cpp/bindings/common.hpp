@@ -4,6 +4,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include "pycompat.hpp"
+
 #include <chrono>
 
 #include <fastmp/futex.hpp>

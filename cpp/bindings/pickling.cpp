@@ -93,8 +93,9 @@ py::object pickle_object(py::handle obj, py::list& oob_out) {
             data = PyList_GET_ITEM(chunks, 0);
             Py_INCREF(data);
         } else {  // large pickles arrive in frames
+            // b"".join(chunks), through the public API.
             PyObject* empty = PyBytes_FromStringAndSize(nullptr, 0);
-            data = empty ? _PyBytes_Join(empty, chunks) : nullptr;
+            data = empty ? PyObject_CallMethod(empty, "join", "O", chunks) : nullptr;
             Py_XDECREF(empty);
         }
     }

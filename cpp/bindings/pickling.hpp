@@ -11,6 +11,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include "pycompat.hpp"
+
 #include <cstdint>
 #include <cstring>
 #include <memory>

@@ -102,7 +102,15 @@ public:
     }
 
     std::uint64_t qsize() const { return q_.size_approx(); }
-    bool empty() const { return q_.size_approx() == 0; }
+    bool empty() const {
+        // The stdlib's empty() polls its reader pipe, which close() closes
+        // once this process has put (its feeder thread ran): OSError then.
+        if (closed_ == closed_kind::handle || (closed_ == closed_kind::queue && put_pid_ == current_pid())) {
+            PyErr_SetString(PyExc_OSError, "handle is closed");
+            throw py::error_already_set();
+        }
+        return q_.size_approx() == 0;
+    }
     bool full() const { return q_.maxsize() != 0 && q_.size_approx() >= q_.maxsize(); }
     // Queue.close() makes later calls raise ValueError; SimpleQueue.close()
     // makes them raise OSError, as the stdlib's closed pipe handles do.
@@ -203,6 +211,7 @@ private:
                 }
             },
             [&](std::uint32_t t, clock::duration slice) { return q_.wait_not_full(t, slice); });
+        if (done_total > 0) put_pid_ = current_pid();
         if (!ok) raise_status(status::full, "put");
     }
 
@@ -254,7 +263,10 @@ private:
     // interrupted by an exception); served first by the next get.
     std::deque<std::pair<std::uint32_t, py::object>> pending_;
     closed_kind closed_ = closed_kind::open;
+    // The process this handle's pending_ belongs to (a forked child drops them).
     pid_t pid_ = current_pid();
+    // The process that last put through this handle (a forked child has not).
+    pid_t put_pid_ = 0;
 };
 
 // The per-message methods, as METH_FASTCALL (see add_fast_method).

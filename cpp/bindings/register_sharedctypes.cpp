@@ -273,7 +273,12 @@ PyObject* make_type(const char* name, PyType_Slot* extra, int n_extra, PyObject*
     slots.push_back({0, nullptr});
     PyType_Spec spec{name, sizeof(locked), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
                      slots.data()};
-    return base != nullptr ? PyType_FromSpecWithBases(&spec, base) : PyType_FromSpec(&spec);
+    if (base == nullptr) return PyType_FromSpec(&spec);
+    PyObject* bases = PyTuple_Pack(1, base);  // 3.9 takes only a tuple here
+    if (bases == nullptr) return nullptr;
+    PyObject* t = PyType_FromSpecWithBases(&spec, bases);
+    Py_DECREF(bases);
+    return t;
 }
 
 }  // namespace

@@ -579,7 +579,8 @@ void register_sync(py::module_& m) {
     Py_DECREF(max);
     m.add_object("SemLock", py::reinterpret_borrow<py::object>(semlock));
     auto derive = [&](PyType_Spec* spec, PyObject* base, const char* name) {
-        PyObject* t = PyType_FromSpecWithBases(spec, base);
+        py::tuple bases = py::make_tuple(py::handle(base));  // 3.9 takes only a tuple here
+        PyObject* t = PyType_FromSpecWithBases(spec, bases.ptr());
         if (!t) throw py::error_already_set();
         m.add_object(name, py::reinterpret_borrow<py::object>(t));
         return py::reinterpret_steal<py::object>(t);

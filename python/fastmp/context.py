@@ -12,6 +12,8 @@ import queue as _queue
 import sys
 from multiprocessing import context as _std
 
+from . import reduction as _reduction
+
 # Everything public in multiprocessing.context, so this module can stand in for it.
 globals().update({k: v for k, v in vars(_std).items() if not k.startswith("_")})
 
@@ -168,12 +170,26 @@ class ForkContext(_FastmpFactories, _std.ForkContext):
     pass
 
 
+# Under spawn and forkserver a target or arguments that plain pickle refuses
+# (a lambda, a local function) go by value instead (reduction.py).
+class SpawnProcess(_std.SpawnProcess):  # type: ignore[name-defined]
+    @staticmethod
+    def _Popen(process_obj):
+        return _reduction._start_with_fallback(_std.SpawnProcess._Popen, process_obj)  # type: ignore[attr-defined]
+
+
+class ForkServerProcess(_std.ForkServerProcess):  # type: ignore[name-defined]
+    @staticmethod
+    def _Popen(process_obj):
+        return _reduction._start_with_fallback(_std.ForkServerProcess._Popen, process_obj)  # type: ignore[attr-defined]
+
+
 class SpawnContext(_FastmpFactories, _std.SpawnContext):
-    pass
+    Process = SpawnProcess
 
 
 class ForkServerContext(_FastmpFactories, _std.ForkServerContext):
-    pass
+    Process = ForkServerProcess
 
 
 _concrete_contexts: dict[str, BaseContext] = {

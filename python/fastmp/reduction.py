@@ -103,6 +103,76 @@ _fastmp._install_pickling(
 )
 
 
+# --- Process targets by value (spawn and forkserver) -----------------------
+#
+# The stdlib's spawn and forkserver Popen pickle the Process object with
+# ForkingPickler, which refuses lambdas and local functions ("Can't pickle
+# local object"). fastmp's spawn/forkserver Process classes (context.py) retry
+# such a start once with the target and its arguments carried by cloudpickle;
+# the stdlib's pickling stays the first choice, so everything it can pickle is
+# still pickled by reference, exactly as before.
+
+# The errors a pickler raises for an object it cannot reduce (3.9-3.13 raise
+# AttributeError for local objects, 3.14 PicklingError).
+_PICKLING_ERRORS = (pickle.PicklingError, TypeError, AttributeError)
+
+
+def _by_value_pickler(file):
+    """A cloudpickle Pickler that also applies ForkingPickler's reducers."""
+    import cloudpickle
+
+    p = cloudpickle.Pickler(file, protocol=HIGHEST_PROTOCOL)
+    p.dispatch_table = collections.ChainMap(
+        ForkingPickler._extra_reducers,  # type: ignore[attr-defined]
+        getattr(cloudpickle.Pickler, "dispatch_table", copyreg.dispatch_table),
+    )
+    return p
+
+
+class _TargetByValue:
+    """A Process target with its arguments, pickled by value.
+
+    Pickled while the child is being started (fds in the arguments are
+    passed to it as the stdlib's own pickling would), rebuilt in the child.
+    """
+
+    __slots__ = ("target", "args", "kwargs")
+
+    def __init__(self, target, args, kwargs):
+        self.target, self.args, self.kwargs = target, args, kwargs
+
+    def __call__(self):
+        return self.target(*self.args, **self.kwargs)
+
+    def __reduce__(self):
+        buf = io.BytesIO()
+        _by_value_pickler(buf).dump((self.target, self.args, self.kwargs))
+        return _rebuild_target_by_value, (buf.getvalue(),)
+
+
+def _rebuild_target_by_value(blob):
+    return _TargetByValue(*pickle.loads(blob))
+
+
+def _start_with_fallback(std_popen, process_obj):
+    """std_popen(process_obj); if pickling the target or its arguments failed,
+    once more with them by value. Raises the stdlib's error if that fails too."""
+    try:
+        return std_popen(process_obj)
+    except _PICKLING_ERRORS as exc:
+        first = exc
+    saved = process_obj._target, process_obj._args, process_obj._kwargs
+    if isinstance(saved[0], _TargetByValue):
+        raise first
+    process_obj._target = _TargetByValue(*saved)
+    process_obj._args, process_obj._kwargs = (), {}
+    try:
+        return std_popen(process_obj)
+    except Exception:  # noqa: BLE001  (report the stdlib's own error)
+        process_obj._target, process_obj._args, process_obj._kwargs = saved
+        raise first from None
+
+
 def _fd_for_child(fd: int):
     """An fd to pickle for a child being started (stdlib DupFd: pass_fds under
     spawn, fd passing to the forkserver)."""
