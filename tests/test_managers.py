@@ -81,6 +81,21 @@ def _negate(x):
     return -x
 
 
+class Point:  # a key type with value equality (hash and == of its own)
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def __hash__(self):
+        return hash((self.x, self.y))
+
+
+class SubPoint(Point):  # inherits Point's hash and ==: equal Points are one key
+    pass
+
+
 class Foo:
     def __init__(self, x=0):
         self.x = x
@@ -221,6 +236,45 @@ def test_dict_key_equality(manager):
     d[nan] = 1
     with pytest.raises(KeyError):
         d[nan]  # a NaN that crossed a process boundary equals nothing
+
+
+def test_dict_key_equality_other_number_types(manager):
+    # Python's rule: keys are one when hash(a) == hash(b) and a == b, whatever
+    # their types; the first key stored is the one kept.
+    from decimal import Decimal
+    from fractions import Fraction
+
+    np = pytest.importorskip("numpy")
+    d = manager.dict()
+    d[1] = "int"
+    d[np.int64(1)] = "np"
+    assert len(d) == 1 and d.keys() == [1] and type(d.keys()[0]) is int and d[1] == "np"
+    d[np.int64(2)] = "x"
+    assert 2 in d and 2.0 in d and d[2] == "x" and type(d.keys()[1]) is np.int64
+    assert Decimal(1) in d and Fraction(1) in d and Decimal("1.00") in d and np.float64(1.0) in d
+    assert np.uint8(1) in d and np.True_ in d and True in d and np.float32(2) in d
+    assert Decimal(3) not in d and Fraction(1, 3) not in d and np.float64(1.5) not in d
+    d[np.float64(1.5)] = "half"
+    assert d[1.5] == "half" and d[Fraction(3, 2)] == "half" and d[Decimal("1.5")] == "half"
+    assert type(d.keys()[2]) is np.float64
+    d[Fraction(1, 10)] = "tenth"
+    assert d[Decimal("0.1")] == "tenth" and 0.1 not in d  # 0.1 is not exactly 1/10
+    d[Decimal(2**70)] = "big"
+    assert d[2**70] == "big" and d[float(2**70)] == "big" and type(d.keys()[4]) is Decimal
+    d[(np.int64(7), "a")] = "tuple"
+    assert d[(7, "a")] == "tuple" and d[(Fraction(7), "a")] == "tuple"
+    d[np.complex128(1 + 2j)] = "c"
+    assert d[1 + 2j] == "c"
+    assert len(d) == 7
+    d[False] = "false"
+    d[np.False_] = "npfalse"
+    assert d[0] == "npfalse" and type(d.keys()[7]) is bool
+    d[Point(1, 2)] = "p"
+    assert d[Point(1, 2)] == "p" and d[SubPoint(1, 2)] == "p" and Point(2, 1) not in d
+    d[SubPoint(1, 2)] = "sub"
+    assert len(d) == 9 and d[Point(1, 2)] == "sub" and type(d.keys()[8]) is Point
+    del d[Decimal(1)]
+    assert 1 not in d and len(d) == 8
 
 
 # --- list ---

@@ -2,11 +2,17 @@
 // (cpp/include/fastmp/containers.hpp), behind fastmp.managers' proxies.
 //
 // Keys and values are encoded by the project's payload encoder (pickling.hpp);
-// keys also get the canonical bytes described in containers.hpp. Pickles are
-// copied out under the container's lock and unpickled after it is released,
-// so user code (__reduce__, __setstate__) never runs while we hold it; the
-// only user code run under the lock is __eq__ of opaque keys and, in
-// `_rewrite`, the caller's own function.
+// keys also get the canonical bytes described in containers.hpp (computed
+// before the lock is taken: the number conversions below run user code).
+// Values are copied out under the container's lock and unpickled after it is
+// released. User code does run under the lock in two places: in `_rewrite`,
+// the caller's own function; and when an *opaque* key (see containers.hpp)
+// meets a stored key with the same canonical bytes, `py_eq` unpickles the
+// stored key (its __reduce__ callable, __setstate__) and calls ==. That code
+// must not use the same container (refused with ValueError, it would
+// deadlock) and should not block on other processes; numbers, str, bytes,
+// None and tuples/frozensets of them are never opaque, so plain keys never
+// run user code under the lock.
 #include <algorithm>
 #include <cmath>
 #include <fastmp/containers.hpp>
@@ -63,6 +69,139 @@ void canon_float(std::string& out, double d, bool& opaque) {
     put_u64(out, bits);
 }
 
+void canon_complex(std::string& out, Py_complex c, bool& opaque) {
+    if (c.imag == 0.0) {
+        canon_float(out, c.real, opaque);
+        return;
+    }
+    out.push_back('c');
+    std::uint64_t bits[2];
+    std::memcpy(bits, &c, sizeof bits);
+    put_u64(out, bits[0]);
+    put_u64(out, bits[1]);
+}
+
+// numbers.Number / Complex / Real / Rational, imported when the module loads.
+PyObject* abc_number = nullptr;
+PyObject* abc_complex = nullptr;
+PyObject* abc_real = nullptr;
+PyObject* abc_rational = nullptr;
+
+// `a == b` is true; an error raised by == counts as false (the key is then
+// opaque, and the lookup's own == raises it again, as the stdlib would).
+bool equal_to(PyObject* a, PyObject* b) {
+    int r = PyObject_RichCompareBool(a, b, Py_EQ);
+    if (r < 0) PyErr_Clear();
+    return r == 1;
+}
+
+// Numbers of the types the builtin cases miss (numpy scalars, Decimal,
+// Fraction, any numbers.Number, any object with __index__, __int__ or
+// __float__: numpy.bool_), by exact value, as the builtins: an integral value
+// is "an integer n", one a float holds exactly is that float, another
+// rational one is "r" + n/d in lowest terms, a complex one with imag != 0 is
+// the complex's bits. Python's numeric hash is the same function of the
+// value, so keys equal here are the keys the stdlib holds equal. False when
+// `o` is none of these (or NaN, infinite): the key is opaque.
+bool canon_number(std::string& out, PyObject* o, bool& opaque) {
+    if (PyIndex_Check(o)) {
+        PyObject* i = PyNumber_Index(o);
+        if (i) {
+            py::object guard = py::reinterpret_steal<py::object>(i);
+            canon_int_from_long(out, i);
+            return true;
+        }
+        PyErr_Clear();  // numpy.bool_ has an __index__ that refuses
+    }
+    int is_number = PyObject_IsInstance(o, abc_number);
+    if (is_number < 0) throw py::error_already_set();
+    PyNumberMethods* nb = Py_TYPE(o)->tp_as_number;
+    if (!is_number && !(nb && (nb->nb_int || nb->nb_float))) return false;
+    int is_complex = PyObject_IsInstance(o, abc_complex);
+    int is_real = is_complex > 0 ? PyObject_IsInstance(o, abc_real) : 0;
+    if (is_complex < 0 || is_real < 0) throw py::error_already_set();
+    if (is_complex && !is_real) {  // numpy.complex64
+        Py_complex c = PyComplex_AsCComplex(o);
+        if (c.real == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return false;
+        }
+        py::object as_complex = py::reinterpret_steal<py::object>(PyComplex_FromCComplex(c));
+        if (!as_complex) throw py::error_already_set();
+        if (!equal_to(o, as_complex.ptr())) return false;
+        canon_complex(out, c, opaque);
+        return true;
+    }
+    if (nb && nb->nb_float) {
+        py::object f = py::reinterpret_steal<py::object>(PyNumber_Float(o));
+        if (!f) {
+            PyErr_Clear();
+        } else if (equal_to(o, f.ptr())) {
+            canon_float(out, PyFloat_AS_DOUBLE(f.ptr()), opaque);
+            return true;
+        }
+    }
+    if (nb && nb->nb_int) {
+        py::object i = py::reinterpret_steal<py::object>(PyNumber_Long(o));
+        if (!i) {
+            PyErr_Clear();  // inf, NaN
+        } else if (equal_to(o, i.ptr())) {
+            canon_int_from_long(out, i.ptr());
+            return true;
+        }
+    }
+    // Neither an int nor a float: an exact ratio (Fraction(1, 3),
+    // Decimal("0.1") == Fraction(1, 10)), or opaque.
+    py::object n, d;
+    try {
+        int is_rational = PyObject_IsInstance(o, abc_rational);
+        if (is_rational < 0) throw py::error_already_set();
+        if (is_rational) {
+            n = py::reinterpret_borrow<py::object>(o).attr("numerator");
+            d = py::reinterpret_borrow<py::object>(o).attr("denominator");
+        } else if (PyObject_HasAttrString(o, "as_integer_ratio")) {
+            py::tuple r = py::reinterpret_borrow<py::object>(o).attr("as_integer_ratio")();
+            if (r.size() != 2) return false;
+            n = r[0], d = r[1];
+        } else {
+            return false;
+        }
+        if (!PyLong_Check(n.ptr()) || !PyLong_Check(d.ptr())) return false;
+        py::object g = py::module_::import("math").attr("gcd")(n, d);
+        n = n.attr("__floordiv__")(g), d = d.attr("__floordiv__")(g);
+        if (PyObject_RichCompareBool(d.ptr(), py::int_(0).ptr(), Py_LT) == 1)
+            n = n.attr("__neg__")(), d = d.attr("__neg__")();
+        if (PyObject_RichCompareBool(d.ptr(), py::int_(0).ptr(), Py_EQ) == 1) return false;
+    } catch (py::error_already_set&) {
+        PyErr_Clear();
+        return false;  // a NaN or an infinity (as_integer_ratio raises)
+    }
+    out.push_back('r');
+    std::string num = py::str(n).cast<std::string>(), den = py::str(d).cast<std::string>();
+    put_u64(out, num.size());
+    out += num;
+    out += '/';
+    out += den;
+    return true;
+}
+
+// The class an opaque key's __hash__ comes from: instances of a subclass that
+// inherits __hash__ (and so, as a rule, __eq__) collide with the base's. For
+// object's identity hash, the key's own class.
+py::handle hash_owner(PyTypeObject* tp) {
+    PyObject* mro = tp->tp_mro;
+    if (!mro) return reinterpret_cast<PyObject*>(tp);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); ++i) {
+        PyObject* base = PyTuple_GET_ITEM(mro, i);
+        PyObject* dict = reinterpret_cast<PyTypeObject*>(base)->tp_dict;
+        if (dict && PyDict_GetItemString(dict, "__hash__")) {
+            if (base == reinterpret_cast<PyObject*>(&PyBaseObject_Type)) break;
+            return base;
+        }
+    }
+    return reinterpret_cast<PyObject*>(tp);
+}
+
 void canon(std::string& out, py::handle key, bool& opaque) {
     PyObject* o = key.ptr();
     if (PyUnicode_Check(o)) {
@@ -88,16 +227,7 @@ void canon(std::string& out, py::handle key, bool& opaque) {
     } else if (o == Py_None) {
         out.push_back('n');
     } else if (PyComplex_Check(o)) {
-        Py_complex c = PyComplex_AsCComplex(o);
-        if (c.imag == 0.0) {
-            canon_float(out, c.real, opaque);
-        } else {
-            out.push_back('c');
-            std::uint64_t bits[2];
-            std::memcpy(bits, &c, sizeof bits);
-            put_u64(out, bits[0]);
-            put_u64(out, bits[1]);
-        }
+        canon_complex(out, PyComplex_AsCComplex(o), opaque);
     } else if (PyTuple_Check(o)) {
         out.push_back('t');
         put_u64(out, static_cast<std::uint64_t>(PyTuple_GET_SIZE(o)));
@@ -121,10 +251,11 @@ void canon(std::string& out, py::handle key, bool& opaque) {
             put_u64(out, s.size());
             out += s;
         }
-    } else {
-        // Compared with == among keys of the same type.
+    } else if (!canon_number(out, o, opaque)) {
+        // Compared with == among the keys of the class whose __hash__ they use
+        // (their own when that is object's identity hash).
         opaque = true;
-        py::handle tp = reinterpret_cast<PyObject*>(Py_TYPE(o));
+        py::handle tp = hash_owner(Py_TYPE(o));
         out += "o:";
         out += std::string(py::str(tp.attr("__module__")));
         out += ".";
@@ -214,7 +345,8 @@ raw_value read_key(const shm_heap& h, std::uint64_t blob) {
     return {b.h->key_tag, decode_raw(b.h->key_tag, b.key(), b.h->key_len)};
 }
 
-// __eq__ for opaque keys: runs under the lock (the one exception to the rule).
+// == for opaque keys with equal canonical bytes: unpickles the stored key and
+// compares, under the lock (user code under the lock: see the top of file).
 struct py_eq {
     const shm_heap& h;
     py::handle key;
@@ -533,6 +665,11 @@ void common_methods(py::class_<container>& cls) {
 }  // namespace
 
 void register_manager(py::module_& m) {
+    py::module_ numbers = py::module_::import("numbers");  // kept for the process's life
+    abc_number = py::object(numbers.attr("Number")).release().ptr();
+    abc_complex = py::object(numbers.attr("Complex")).release().ptr();
+    abc_real = py::object(numbers.attr("Real")).release().ptr();
+    abc_rational = py::object(numbers.attr("Rational")).release().ptr();
     py::class_<container> base(m, "_ShmContainer");
     common_methods(base);
     py::class_<dict_container, container> dict_cls(m, "ShmDict");

@@ -12,16 +12,27 @@
 //   Changing a value writes a new blob and swaps one word; the old blob is
 //   freed at commit. A new value of at most 64 bytes and the old one's length
 //   (a counter, a flag) is instead rewritten in place by logged word stores.
-// - Key equality as Python's: the binding encodes a key into canonical bytes
-//   such that equal keys get equal bytes and a hash of those bytes (never
-//   Python's hash(), which differs per process for str). Numbers that
-//   compare equal (1, 1.0, True, Fraction-free ints) share one encoding
-//   ("an integer n"), str is its UTF-8, bytes its bytes, None one tag, tuples
-//   and frozensets the encodings of their items. Keys of any other hashable
-//   type are *opaque*: their canonical bytes are the type's qualified name, so
-//   they collide within their type and the binding compares candidates with
-//   Python's == (the `eq` callback). Unhashable keys are refused by the
-//   binding (TypeError) before anything is locked.
+// - Key equality as Python's (keys are one when hash(a) == hash(b) and
+//   a == b; the first key stored is kept, so a blob's key never changes): the
+//   binding encodes a key into canonical bytes such that equal keys get equal
+//   bytes, and hashes those bytes (never Python's hash(), which differs per
+//   process for str). Numbers are encoded by exact value whatever their type
+//   (int, bool, float, complex, numpy scalars, Decimal, Fraction, anything
+//   with __index__ or a numbers.Number equal to its int(), float() or
+//   as_integer_ratio()): an integral value is "an integer n", one a float
+//   holds exactly is that float, another rational is "n/d" in lowest terms;
+//   Python's numeric hash is a function of the same exact value. str is its
+//   UTF-8, bytes its bytes, None one tag, tuples and frozensets the encodings
+//   of their items. Keys of any other hashable type, and NaNs, are *opaque*:
+//   their canonical bytes are the qualified name of the class their __hash__
+//   comes from (so a subclass that inherits __hash__ and __eq__ meets its
+//   base's keys), and the binding compares candidates with Python's == (the
+//   `eq` callback), which unpickles the stored key: for opaque keys only,
+//   user code (__setstate__, __eq__) runs under the lock. An opaque key equal
+//   to a key of an unrelated class (a user class whose == accepts ints but
+//   that has no __int__/__index__) is not found: that is the one departure.
+//   Unhashable keys are refused by the binding (TypeError) before anything
+//   is locked.
 // - The dict is CPython's compact layout: an `entries` array of blob offsets
 //   in insertion order (0 = deleted) and an open-addressing `index` of entry
 //   numbers. Growth or too many deletions rebuild both arrays unreachable and
