@@ -84,7 +84,9 @@ def _local_only(obj):
         return "send the data itself (bytes, a numpy array)"
     if isinstance(obj, _proxy_types()):
         address = getattr(getattr(obj, "_token", None), "address", None)
-        if isinstance(address, str):  # a Unix socket: this machine only
+        # A Unix socket (a path, or bytes for an abstract one, as fastmp's
+        # Manager uses): this machine only. A TCP address is a tuple.
+        if isinstance(address, (str, bytes)):
             return "a Manager listening on this machine; use distributed.Variable or Queue"
     return None
 
