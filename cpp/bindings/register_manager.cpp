@@ -303,9 +303,10 @@ class locked {
         if (h_.closed()) throw sys_error(EPIPE, "the manager has shut down");
         if (std::find(in_operation.begin(), in_operation.end(), &h_) != in_operation.end())
             throw py::value_error("a manager container was used from inside its own operation (would deadlock)");
-        // Waits without the GIL in slices, so Ctrl-C interrupts a wait behind
-        // a stopped holder.
-        with_internal_lock(deadline(), [this](const deadline& dl) { return h_.lock(dl); });
+        if (!h_.try_lock()) {
+            py::gil_scoped_release nogil;
+            h_.lock();
+        }
         in_operation.push_back(&h_);
     }
     ~locked() {

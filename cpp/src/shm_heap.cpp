@@ -77,7 +77,6 @@ shm_heap shm_heap::create(std::uint32_t kind, std::unique_ptr<layout> l) {
     hd->layout_version = layout_version;
     hd->size = sizeof(shm_header);
     hd->kind = kind;
-    hd->lock.init();
     hd->file_size = header_bytes + initial_region;
     auto& v = hd->views[0];
     v.region_off = header_bytes;
@@ -124,14 +123,13 @@ void shm_heap::remap() {
     reopen_heap();
 }
 
-status shm_heap::lock(const deadline& dl) {
-    status st = hdr()->lock.lock(dl);
-    if (st == status::timed_out) return st;
-    after_lock(st == status::owner_died);
-    return status::ok;
-}
+void shm_heap::lock() { after_lock(hdr()->lock.lock() == status::owner_died); }
 
-bool shm_heap::try_lock() { return lock(deadline(clock::duration::zero())) == status::ok; }
+bool shm_heap::try_lock() {
+    if (!hdr()->lock.try_lock()) return false;
+    after_lock(false);
+    return true;
+}
 
 void shm_heap::after_lock(bool owner_died) {
     try {

@@ -21,8 +21,11 @@
 // - A taker told status::owner_died owns the mutex and it is already marked
 //   consistent again: it must repair what the mutex guards (idempotently: if
 //   it dies while repairing, the next taker is told owner_died again).
-// - `robust_mutex` is the older pid-polling lock (a 4-byte word). Nothing in
-//   the library uses it any more; its tests remain while it exists. The
+// - `robust_mutex` is the pid-polling lock (a 4-byte word). The manager's
+//   containers keep it because they hold their lock across a remap of the
+//   whole segment (mremap may move it): the kernel's robust list records the
+//   mutex's address at lock time, so a process_mutex that moved while held
+//   would never be marked owner-died and its waiters would wait forever. The
 //   user-visible Lock and Semaphore cannot be robust pthread mutexes (any
 //   thread or process may release them): sync.hpp says how they judge a
 //   holder dead.

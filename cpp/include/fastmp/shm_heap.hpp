@@ -27,8 +27,7 @@
 //   first appends {offset, old value} to the undo log; new blocks are built
 //   unreachable and linked in by such stores; blocks are freed only after
 //   commit. A process killed inside an operation leaves state == active: the
-//   next lock taker (a robust pthread mutex: the kernel reports the death to
-//   the next taker at once) undoes the log,
+//   next lock taker (robust lock: within ~20 ms of the death) undoes the log,
 //   so the operation did not happen at all; the log also lists the blocks
 //   the operation allocated, which the undo frees. Only when the death hit
 //   inside Boost's allocator (`in_alloc`: its free tree is then suspect) does
@@ -63,7 +62,7 @@ struct shm_view {
 struct shm_header {
     std::uint32_t magic, layout_version;
     std::uint64_t size;  // of this header
-    process_mutex lock;
+    robust_mutex lock;  // pid-polled, not process_mutex: held across remaps (robust_mutex.hpp)
     std::uint32_t kind;
     std::uint32_t closed;    // set by the manager at shutdown
     std::uint32_t state;     // shm_heap::state_*
@@ -83,7 +82,7 @@ class shm_heap {
   public:
     enum : std::uint32_t { state_idle = 0, state_active = 1, state_relocating = 2 };
     static constexpr std::uint32_t magic_value = 0x66686561;  // "fhea"
-    static constexpr std::uint32_t layout_version = 2;
+    static constexpr std::uint32_t layout_version = 1;
     static constexpr std::size_t punch_threshold = 64 << 10;
 
     // The container kind decides how live content is copied on relocation.
@@ -107,11 +106,9 @@ class shm_heap {
     int fd() const noexcept { return seg_.fd.get(); }
     std::uint32_t kind() const noexcept { return hdr()->kind; }
 
-    // --- locking: lock() waits until `dl` (default: forever; no GIL rules
-    // here: callers on a Python thread wait in slices, see bindings) and says
-    // ok or timed_out; on ok a dead holder's operation has been recovered and
-    // a grown file remapped.
-    status lock(const deadline& dl = deadline());
+    // --- locking: lock() blocks (no GIL rules here); both recover a dead
+    // holder's operation and remap a grown file before returning.
+    void lock();
     bool try_lock();
     void unlock() noexcept;
     bool closed() const noexcept;
