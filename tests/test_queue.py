@@ -9,6 +9,7 @@ import time
 import pytest
 
 import fastmp
+from _script import run_script
 
 STOP = "__stop__"
 
@@ -332,6 +333,32 @@ def test_put_many_get_many_order_and_bounds():
     with pytest.raises(queue.Full):
         b.put_many(range(5), timeout=0.05)
     assert b.get_many(10) == [0, 1, 2]  # what fitted went in, in order
+
+
+def test_put_many_whose_later_message_grows_the_ring_keeps_every_byte(tmp_path):
+    # A batch whose later message had to grow the ring wrote the earlier ones
+    # through pointers into the old mapping (SIGSEGV): run it in a fresh
+    # interpreter, so a crash fails this test instead of killing pytest.
+    out = run_script(
+        """
+        from fastmp import _fastmp
+
+        def check(first, sizes):
+            q = _fastmp.Queue()
+            items = [b"x" * first] + [bytes([97 + i]) * n for i, n in enumerate(sizes)]
+            q.put(items[0])
+            q.put_many(items[1:])
+            assert q.get_many(len(items) + 1) == items, (first, sizes)
+
+        check(1_040_000, [100, 20_000])  # copy-slot path
+        for n in range(1_047_000, 1_047_501, 20):  # copied under the lock
+            check(n, [1000, 1000])
+        print("ok")
+        """,
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok\n"
 
 
 def test_stdlib_connection_is_pickled_the_stdlib_way():

@@ -191,6 +191,8 @@ private:
             done_total += r.taken;
             // Part went in before a busy slot stopped it: the rest next round.
             if (st == status::timed_out && r.taken > 0 && done_total < n) return status::interrupted;
+            // Stopped before a message that needs the ring to grow: the rest next round.
+            if (st == status::ok && done_total < n) return status::interrupted;
             return st;
         };
         bool ok = run_blocking(

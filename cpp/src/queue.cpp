@@ -139,11 +139,15 @@ status shm_queue::after_acquire(status st) {
 }
 
 void shm_queue::unlock() noexcept {
+    hdr()->mutex.unlock();
+    publish_left_over();
+}
+
+void shm_queue::publish_left_over() noexcept {
+    // Called just after releasing the lock. A put that finished its copy while
+    // we held it left its publication to us (see publish): do it now, unless
+    // someone else holds the lock (then they will).
     queue_header* h = hdr();
-    h->mutex.unlock();
-    // A put that finished its copy while we held the lock left its publication
-    // to us (see publish): do it now, unless someone else holds the lock (then
-    // they will).
     std::atomic_thread_fence(std::memory_order_seq_cst);
     while (atomic(h->publish_pending).load(std::memory_order_relaxed)) {
         try {
@@ -415,13 +419,13 @@ void shm_queue::grow(queue_state& s, std::uint64_t need) {
     s.cap = new_cap;
 }
 
-bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool& busy, bool own_slot) {
+shm_queue::room shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool first, bool own_slot) {
     // The ring never fills completely (used + need < cap), so equal positions
     // always mean "empty" and distances are unambiguous.
     for (;;) {
         bool wrapped = s.used > 0 && s.tail < s.free_head;
         if (!wrapped) {
-            if (s.cap - s.tail >= need && s.used + need < s.cap) return true;
+            if (s.cap - s.tail >= need && s.used + need < s.cap) return room::fits;
             std::uint64_t pad = s.cap - s.tail;
             if (s.free_head > need && s.used + pad + need < s.cap) {
                 if (pad >= sizeof(record_header)) {
@@ -430,16 +434,21 @@ bool shm_queue::reserve(queue_state& s, std::uint64_t need, bool may_grow, bool&
                 }
                 s.used += pad;
                 s.tail = 0;
-                return true;
+                return room::fits;
             }
         } else if (s.free_head - s.tail > need) {
-            return true;
+            return room::fits;
         }
-        if (!may_grow && s.cap >= soft_grow_cap && need <= s.cap / 2) return false;
-        if (wrapped && s.writers + s.readers > (own_slot ? 1u : 0u)) {
-            busy = true;  // moving the wrapped part needs every copy finished
-            return false;
-        }
+        // A grow may move the mapping (mremap) and, on a wrapped ring, the
+        // records at [free_head, cap): the batch's earlier records would move
+        // under the pointers already handed out for them. So only the first
+        // record of a reservation may grow the ring; the batch stops before
+        // any later one that needs it, and the caller reserves again.
+        if (!first) return room::stop;
+        if (!may_grow && s.cap >= soft_grow_cap && need <= s.cap / 2) return room::would_grow;
+        // Moving the wrapped part needs every copy finished (this put's own
+        // slot, if taken, has no record yet: it begins at tail, not moved).
+        if (wrapped && s.writers + s.readers > (own_slot ? 1u : 0u)) return room::busy;
         grow(s, need);
     }
 }
@@ -483,7 +492,10 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
                 }
                 const std::uint64_t size = msgs[i].total();
                 const std::uint64_t need = record_bytes(size);
-                if (!reserve(s, need, may_grow, busy, slot >= 0)) {
+                const room rm = reserve(s, need, may_grow, r.dest.empty(), slot >= 0);
+                if (rm == room::stop) break;  // ok, r.taken < n: the rest in a new reservation
+                if (rm != room::fits) {
+                    busy = rm == room::busy;
                     result = busy ? status::timed_out : status::would_grow;
                     break;
                 }
@@ -493,7 +505,6 @@ status shm_queue::try_reserve(const message_view* msgs, std::size_t n, queue_res
                 s.tail += need;
                 s.used += need;
                 if (slot >= 0) {
-                    // Kept current: a grow commits `s` in the middle of this loop.
                     s.slots[slot].end = s.tail;
                     s.slots[slot].nrecs += 1;
                 }
@@ -590,6 +601,8 @@ void shm_queue::publish(queue_reservation& r) noexcept {
     }
     atomic(h->publish_pending).store(0, std::memory_order_relaxed);
     publish_locked();
+    // Another put may have finished while we held the lock: same as unlock().
+    publish_left_over();
 }
 
 status shm_queue::try_push(const message_view* msgs, std::size_t n, std::size_t& done, bool may_grow,

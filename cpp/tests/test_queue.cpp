@@ -69,6 +69,85 @@ TEST(Queue, GrowsWhileWrappedAndKeepsOrder) {
     EXPECT_EQ(next_in, next_out);
 }
 
+// A batch whose later message needs the ring to grow: the grow may move the
+// mapping (and, on a wrapped ring, the older records), so the pointers handed
+// out for the batch's earlier messages must not be used across it. Each case
+// checks every byte that comes out.
+namespace {
+std::string pattern(std::size_t n, char seed) {
+    std::string s(n, '\0');
+    for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + static_cast<char>(i * 7 % 61));
+    return s;
+}
+void push_batch(shm_queue& q, const std::vector<std::string>& msgs) {
+    std::vector<message_view> views;
+    for (const auto& m : msgs) views.push_back(message_view{1, m.data(), m.size()});
+    std::size_t done = 0;
+    ASSERT_EQ(q.try_push(views.data(), views.size(), done), status::ok);
+    ASSERT_EQ(done, msgs.size());
+}
+}  // namespace
+
+TEST(Queue, BatchThatGrowsTheRingKeepsEarlierMessagesIntact) {
+    // Inline path (batch <= 4 KiB, copied under the lock), then the copy-slot
+    // path (> 4 KiB): the first put leaves room for the first message only.
+    struct batch_case {
+        std::size_t first;
+        std::vector<std::size_t> sizes;
+    };
+    std::vector<batch_case> cases;
+    for (std::size_t n = 1047000; n <= 1047500; n += 20) cases.push_back({n, {1000, 1000}});
+    cases.push_back({1040000, {100, 20000}});
+    cases.push_back({1040000, {6000, 3000000, 7000}});
+    for (const auto& c : cases) {
+        auto q = shm_queue::create(0);
+        std::vector<std::string> all{pattern(c.first, 'x')};
+        std::vector<std::string> batch;
+        for (std::size_t i = 0; i < c.sizes.size(); ++i) batch.push_back(pattern(c.sizes[i], static_cast<char>('a' + i)));
+        ASSERT_EQ(push_str(q, all[0]), status::ok);
+        push_batch(q, batch);
+        all.insert(all.end(), batch.begin(), batch.end());
+        EXPECT_GT(q.capacity_bytes(), std::uint64_t{1} << 20);
+        std::string s;
+        for (const auto& want : all) {
+            ASSERT_TRUE(pop_str(q, s)) << c.first;
+            ASSERT_TRUE(s == want) << "first=" << c.first << " size " << want.size();
+        }
+        EXPECT_FALSE(pop_str(q, s));
+    }
+}
+
+TEST(Queue, BatchOnAWrappedRingThatMustGrowKeepsEarlierMessagesIntact) {
+    // Ring of 1 MiB: `a` is put and taken (free_head moves past it), `b`
+    // stays; then m1 fills the end of the ring, m2 wraps to 0 and m3 needs a
+    // grow, which moves [free_head, cap), where b and m1 live. Copy-slot
+    // path (> 4 KiB), then inline path (<= 4 KiB in total).
+    struct wrap_case {
+        std::size_t a, b, m1, m2, m3;
+    };
+    for (const wrap_case& c : {wrap_case{600000, 300000, 100000, 100000, 600000},
+                               wrap_case{2000, 1046000, 300, 300, 2000}}) {
+        auto q = shm_queue::create(0);
+        std::string a = pattern(c.a, 'A'), b = pattern(c.b, 'B');
+        ASSERT_EQ(push_str(q, a), status::ok);
+        ASSERT_EQ(push_str(q, b), status::ok);
+        std::string s;
+        ASSERT_TRUE(pop_str(q, s));
+        ASSERT_TRUE(s == a);
+        ASSERT_EQ(q.capacity_bytes(), std::uint64_t{1} << 20);
+        std::vector<std::string> batch{pattern(c.m1, '1'), pattern(c.m2, '2'), pattern(c.m3, '3')};
+        push_batch(q, batch);
+        EXPECT_GT(q.capacity_bytes(), std::uint64_t{1} << 20);
+        ASSERT_TRUE(pop_str(q, s));
+        ASSERT_TRUE(s == b);
+        for (const auto& want : batch) {
+            ASSERT_TRUE(pop_str(q, s));
+            ASSERT_TRUE(s == want) << "m1=" << c.m1 << " size " << want.size();
+        }
+        EXPECT_FALSE(pop_str(q, s));
+    }
+}
+
 TEST(Queue, HugeMessageAndShrinkAfterDrain) {
     auto q = shm_queue::create(0);
     std::string big(64u << 20, 'z');

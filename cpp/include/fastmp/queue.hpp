@@ -227,8 +227,10 @@ public:
     status unfinished_tasks(std::uint64_t& n, const deadline& lock_dl = deadline());
 
     // Reserves room for up to `n` messages, all or as many as the bound
-    // allows: ok when all fit, full when the bound stopped it (`r.dest` says
-    // how many got room, maybe none). With may_grow == false, a ring that is
+    // allows: ok when all fit, full when the bound stopped it (`r.taken` says
+    // how many got room, maybe none). Also ok with r.taken < n when a later
+    // message needs the ring to grow (only a reservation's first message may
+    // grow it: pointers in r.dest must stay valid): reserve again for the rest. With may_grow == false, a ring that is
     // already large is not grown for a message that would fit once consumers
     // free some space: would_grow instead (with r covering what fit before),
     // so the caller can give an active consumer a moment.
@@ -295,12 +297,17 @@ private:
     status after_acquire(status st);   // the repair part of lock()
     void publish_locked() noexcept;
     void unlock() noexcept;
+    void publish_left_over() noexcept;  // after unlocking: publishes what publish() left to us
     void load_state(detail::queue_state& s) const noexcept;  // a copy of the committed state
     void commit(const detail::queue_state& s) noexcept;
     void collect(detail::queue_state& s) noexcept;
     int take_slot(detail::queue_state& s, std::uint32_t kind, std::uint64_t begin) noexcept;
     void drop_slot(detail::queue_state& s, int i) noexcept;
-    bool reserve(detail::queue_state& s, std::uint64_t need, bool may_grow, bool& busy, bool own_slot);
+    // Room for one record of `need` bytes at s.tail (wrapping or growing the
+    // ring as needed). A grow is allowed for the first record of a
+    // reservation only (`first`); a later one gets `stop`.
+    enum class room { fits, stop, would_grow, busy };
+    room reserve(detail::queue_state& s, std::uint64_t need, bool may_grow, bool first, bool own_slot);
     void grow(detail::queue_state& s, std::uint64_t need);
     std::uint64_t skip_to_record(const detail::queue_state& s, std::uint64_t pos) const noexcept;
     void after_change(std::uint64_t count_before, const detail::queue_state& s) noexcept;
