@@ -31,8 +31,12 @@ def slow(x):
     time.sleep(0.05)
     return x
 
+def sleeper():
+    time.sleep(600)
+
 if __name__ == "__main__":
     method, kind, backlog = sys.argv[1], sys.argv[2], sys.argv[3] == "backlog"
+    later = sys.argv[4] if len(sys.argv) > 4 else None
     ctx = fastmp.get_context(method)
     if kind == "pool":
         pool = ctx.Pool(2)
@@ -45,7 +49,15 @@ if __name__ == "__main__":
         if backlog:
             futures = [ex.submit(slow, i) for i in range(1000)]
     pids = [p.pid for p in fastmp.active_children() if "Worker" in p.name or kind == "executor"]
-    print(json.dumps(pids), flush=True)
+    extra = []
+    if later == "process":  # forked after the workers: inherits their parent pipes
+        child = ctx.Process(target=sleeper, daemon=True)
+        child.start()
+        extra.append(child.pid)
+    elif later == "manager":  # its server outlives us for as long as it likes
+        manager = ctx.Manager()
+        extra.append(manager._process.pid)
+    print(json.dumps([pids, extra]), flush=True)
     time.sleep(600)
 """
 
@@ -60,26 +72,26 @@ def _gone(pid):
     return stat[stat.rfind(")") + 2] in "ZX"
 
 
-@pytest.mark.parametrize("backlog", ["idle", "backlog"])
-@pytest.mark.parametrize("kind", ["pool", "executor"])
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
-def test_workers_exit_when_owner_is_killed(tmp_path, method, kind, backlog):
+def _run(tmp_path, method, kind, backlog, later=None):
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(OWNER))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    argv = [sys.executable, str(script), method, kind, backlog]
+    if later is not None:
+        argv.append(later)
     owner = subprocess.Popen(
-        [sys.executable, str(script), method, kind, backlog],
+        argv,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
         start_new_session=True,
     )
-    pids = []
+    pids = extra = []
     try:
-        pids = json.loads(owner.stdout.readline())
+        pids, extra = json.loads(owner.stdout.readline())
         assert len(pids) == 2, pids
-        assert not any(_gone(p) for p in pids)
+        assert not any(_gone(p) for p in pids + extra)
         owner.kill()
         owner.wait()
         while not all(_gone(p) for p in pids):
@@ -88,8 +100,29 @@ def test_workers_exit_when_owner_is_killed(tmp_path, method, kind, backlog):
         owner.kill()
         owner.wait()
         owner.stdout.close()
-        for p in pids:  # only reached when the test failed
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # The owner leads its own process group, which every process it started
+        # is in: the sleeper always, the workers only when the test failed.
+        # (By group, not by pid: the group id is not reused while it has
+        # members.)
+        try:
+            os.killpg(owner.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize("backlog", ["idle", "backlog"])
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_workers_exit_when_owner_is_killed(tmp_path, method, kind, backlog):
+    _run(tmp_path, method, kind, backlog)
+
+
+@pytest.mark.parametrize("later", ["process", "manager"])
+@pytest.mark.parametrize("kind", ["pool", "executor"])
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_workers_exit_despite_a_child_started_later(tmp_path, method, kind, later):
+    """Under fork, a process the owner forks after its workers inherits the
+    write end of their parent pipe: the stdlib sentinel then reports the
+    owner's death only once that child exits too (a Manager's server: never).
+    The workers must go with the owner regardless."""
+    _run(tmp_path, method, kind, "idle", later)

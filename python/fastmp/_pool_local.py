@@ -103,23 +103,65 @@ class _OwnerGone(Exception):
     """The process that owns the pool has exited (or was killed)."""
 
 
-def _owner_watch():
+class _Owner:
+    """A pidfd on the process that owns the pool, opened by the owner itself
+    and handed to each worker: inherited under fork, passed as an fd under
+    spawn and forkserver. It becomes readable when the owner exits, however
+    it died, and cannot be fooled by pid reuse (it is opened while the owner
+    surely lives, by the owner). fd is -1 where pidfd_open is unavailable
+    (Python < 3.9, Linux < 5.3): the workers then rely on the stdlib's parent
+    sentinel alone."""
+
+    def __init__(self):
+        try:
+            self.fd = os.pidfd_open(os.getpid())
+        except (AttributeError, OSError):  # pragma: no cover - old Python or kernel
+            self.fd = -1
+
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __reduce__(self):
+        from multiprocessing.context import assert_spawning
+
+        assert_spawning(self)
+        holder = reduction._fd_for_child(self.fd) if self.fd >= 0 else None
+        return (_rebuild_owner, (holder,))
+
+
+def _rebuild_owner(holder):
+    o = _Owner.__new__(_Owner)
+    o.fd = -1 if holder is None else holder.detach()
+    return o
+
+
+def _owner_watch(owner):
     """A function that returns True once the pool's owner is gone.
 
-    A worker's parent is the process that owns the pool (under forkserver too:
-    the forkserver hands the child the pipe its requester wrote into). The
-    stdlib gives every child the read end of a pipe whose write end only the
-    parent holds (``parent_process().sentinel``): it reports end-of-file when
-    the parent exits, however it died. By fd, never by pid (pids are recycled).
+    Watches the owner's pidfd (see :class:`_Owner`) and the stdlib's
+    ``parent_process().sentinel``, the read end of a pipe whose write end the
+    parent holds. The sentinel alone is not enough under fork: every process
+    the owner forks after the worker inherits that write end too, so the
+    sentinel reports end-of-file only once those have exited as well (a
+    Manager's server, started after the pool, would keep the workers alive
+    for good). By fd, never by pid (pids are recycled).
     """
     import select
     from multiprocessing.process import parent_process
 
+    fds = []
+    if owner is not None and owner.fd >= 0:
+        fds.append(owner.fd)
     parent = parent_process()
-    if parent is None or parent.sentinel is None:
+    if parent is not None and parent.sentinel is not None:
+        fds.append(parent.sentinel)
+    if not fds:
         return lambda: False
     poller = select.poll()
-    poller.register(parent.sentinel, select.POLLIN | select.POLLHUP)
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP)
     poll = poller.poll
 
     def owner_gone():
@@ -128,12 +170,12 @@ def _owner_watch():
     return owner_gone
 
 
-def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks):
+def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks, owner=None):
     """Body of a pool worker process."""
     words = slots.words
     base = idx * _SLOT_WORDS
     put = outqueue.put
-    owner_gone = _owner_watch()
+    owner_gone = _owner_watch(owner)
     monotonic = time.monotonic
     queue_get = inqueue.get
     next_check = monotonic() + _OWNER_CHECK_SECONDS
@@ -271,7 +313,7 @@ class LocalBackend(Backend):
         self.by_reference = {}  # pickled-by-reference bytes -> function
         self.release_on_exit = False
         self.threads = [None, None]  # worker handler, result handler
-        self.inqueue = self.outqueue = self.slots = None
+        self.inqueue = self.outqueue = self.slots = self.owner = None
         self.wake_r = self.wake_w = -1
         self.submit = self.submit_many = _closed
 
@@ -279,6 +321,7 @@ class LocalBackend(Backend):
         self.inqueue = SimpleQueue(ctx=self.ctx)
         self.outqueue = SimpleQueue(ctx=self.ctx)
         self.slots = _Slots(self.size)
+        self.owner = _Owner()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.submit = self.inqueue.put
         self.submit_many = self.inqueue.put_many
@@ -329,7 +372,15 @@ class LocalBackend(Backend):
         w = self.process_factory(
             self.ctx,
             target=_worker,
-            args=(self.inqueue, self.outqueue, self.slots, idx, self.init_blob, self.maxtasks),
+            args=(
+                self.inqueue,
+                self.outqueue,
+                self.slots,
+                idx,
+                self.init_blob,
+                self.maxtasks,
+                self.owner,
+            ),
         )
         w.name = w.name.replace("Process", "PoolWorker")
         w.daemon = True
@@ -599,6 +650,8 @@ class LocalBackend(Backend):
         self.wake_r = self.wake_w = -1
         if self.slots is not None:
             self.slots.close()
+        if self.owner is not None:
+            self.owner.close()
         for w in self.workers:
             if w is not None:
                 try:
