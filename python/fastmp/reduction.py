@@ -13,6 +13,7 @@ cloudpickle, which carries lambdas, local functions and closures by value.
 
 from __future__ import annotations
 
+import collections
 import copyreg
 import io
 import pickle
