@@ -67,7 +67,7 @@ def _gone(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone between lookup and read
         return True
     return stat[stat.rfind(")") + 2] in "ZX"
 
