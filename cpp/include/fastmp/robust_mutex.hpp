@@ -57,21 +57,6 @@ struct process_mutex {
 static_assert(std::is_trivially_copyable_v<process_mutex>);
 static_assert(std::is_standard_layout_v<process_mutex>);
 
-// RAII holder of a process_mutex, waiting as long as it takes; for short
-// internal sections that never block. `recovered()`: the previous holder died.
-class process_lock_guard {
-public:
-    explicit process_lock_guard(process_mutex& m) noexcept : m_(m), st_(m.lock()) {}
-    ~process_lock_guard() { m_.unlock(); }
-    process_lock_guard(const process_lock_guard&) = delete;
-    process_lock_guard& operator=(const process_lock_guard&) = delete;
-    bool recovered() const noexcept { return st_ == status::owner_died; }
-
-private:
-    process_mutex& m_;
-    status st_;
-};
-
 struct robust_mutex {
     std::uint32_t word;  // 0 = free, else holder pid | waiters_bit
 
@@ -86,18 +71,23 @@ struct robust_mutex {
 static_assert(std::is_trivially_copyable_v<robust_mutex>);
 static_assert(std::is_standard_layout_v<robust_mutex>);
 
-// RAII holder; `recovered()` tells whether the previous owner died.
-class robust_lock_guard {
+// RAII holder of either mutex, waiting as long as it takes (for short
+// internal sections that never block); `recovered()`: the previous holder
+// died and the caller must repair what the mutex guards.
+template <class Mutex>
+class basic_robust_guard {
 public:
-    explicit robust_lock_guard(robust_mutex& m) noexcept : m_(m), st_(m.lock()) {}
-    ~robust_lock_guard() { m_.unlock(); }
-    robust_lock_guard(const robust_lock_guard&) = delete;
-    robust_lock_guard& operator=(const robust_lock_guard&) = delete;
+    explicit basic_robust_guard(Mutex& m) noexcept : m_(m), st_(m.lock()) {}
+    ~basic_robust_guard() { m_.unlock(); }
+    basic_robust_guard(const basic_robust_guard&) = delete;
+    basic_robust_guard& operator=(const basic_robust_guard&) = delete;
     bool recovered() const noexcept { return st_ == status::owner_died; }
 
 private:
-    robust_mutex& m_;
+    Mutex& m_;
     status st_;
 };
+using process_lock_guard = basic_robust_guard<process_mutex>;
+using robust_lock_guard = basic_robust_guard<robust_mutex>;
 
 }  // namespace fastmp
