@@ -125,7 +125,16 @@ def _service_pids() -> set[int]:
 
 
 def _fds() -> set[int]:
-    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+    # The listing sees its own directory descriptor, closed by the time it
+    # returns (and numbered by whatever is free then): leave it out.
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue
+        fds.add(int(name))
+    return fds
 
 
 # The names the stdlib (SemLock, SharedMemory) and fastmp put in /dev/shm.

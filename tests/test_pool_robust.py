@@ -271,6 +271,8 @@ if __name__ == "__main__":
         except ProcessLookupError:
             pass
         proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
     assert proc.returncode == 3, err
     assert "KeyboardInterrupt after" in out
     # The script reaped its workers before exiting (no zombie, no orphan).
@@ -280,6 +282,39 @@ if __name__ == "__main__":
     assert not [pid for pid in workers if os.path.exists(f"/proc/{pid}")], (
         "workers outlived the script"
     )
+
+
+def _blocked_signals(path):
+    with open(path) as f:
+        for line in f:
+            if line.startswith("SigBlk:"):
+                mask = int(line.split()[1], 16)
+                return {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+    raise AssertionError(f"no SigBlk in {path}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pool_threads_leave_signals_to_the_main_thread(method):
+    """A Ctrl-C sent to the process must reach the main thread (the only one
+    that runs Python handlers): Linux gives it to any thread not blocking it,
+    and a pool thread that took it left the main thread asleep in map()
+    forever. The pool's threads block it; a worker started by one of them (a
+    replacement) gets the mask of the thread that made the pool, not theirs."""
+    with fastmp.get_context(method).Pool(1) as pool:
+        threads = [t for t in pool._threads if t.is_alive()]
+        assert threads
+        for t in threads:
+            blocked = _blocked_signals(f"/proc/self/task/{t.native_id}/status")
+            assert {signal.SIGINT, signal.SIGTERM} <= blocked, t.name
+            assert signal.SIGSEGV not in blocked, t.name
+        assert signal.SIGINT not in _blocked_signals("/proc/self/status")
+        first = pool.apply(worker_pid)
+        with pytest.raises(WorkerLostError):
+            pool.apply(sigkill_self)
+        second = pool.apply(worker_pid, ())
+        assert second != first
+        assert signal.SIGINT not in _blocked_signals(f"/proc/{second}/status")
+        assert pool.apply(square, (7,)) == 49
 
 
 def test_fork_child_exit_does_not_stop_parents_pool(tmp_path):

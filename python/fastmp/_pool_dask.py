@@ -37,6 +37,7 @@ from ._pool_backend import (
     adopt_function,
     run_task,
 )
+from ._threads import HelperThread
 
 # How long a scheduler address may take to answer before the Pool fails.
 CONNECT_TIMEOUT = 5
@@ -313,9 +314,7 @@ class DaskBackend(Backend):
         self.count = 0
 
     def start(self):
-        self.thread = threading.Thread(
-            target=self._handle_results, daemon=True, name="fastmp-pool-dask-results"
-        )
+        self.thread = HelperThread(self._handle_results, "fastmp-pool-dask-results")
         self.thread.start()
 
     def imap_ahead(self):

@@ -34,6 +34,7 @@ from ._pool_backend import (
     adopt_function,
     run_task,
 )
+from ._threads import HelperThread, current_mask, set_mask
 from .queues import SimpleQueue
 
 # --- the shared per-worker slots ----------------------------------------------
@@ -170,8 +171,10 @@ def _owner_watch(owner):
     return owner_gone
 
 
-def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks, owner=None):
-    """Body of a pool worker process."""
+def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks, owner=None, sigmask=None):
+    """Body of a pool worker process. ``sigmask``: the signal mask of the
+    thread that created the pool (a replacement worker is started from the
+    pool's helper thread, whose mask blocks every asynchronous signal)."""
     words = slots.words
     base = idx * _SLOT_WORDS
     put = outqueue.put
@@ -196,22 +199,24 @@ def _worker(inqueue, outqueue, slots, idx, init_blob, maxtasks, owner=None):
             except queue.Empty:
                 next_check = 0.0
 
-    if init_blob is not None:
-        by_reference, by_value = init_blob
-        try:
-            initializer, initargs = reduction.loads(by_reference)
-        except Exception:
-            if by_value is None:
-                raise
-            # Defined where this process cannot import it (e.g. under
-            # `if __name__ == "__main__":` with spawn): the copy by value.
-            initializer, initargs = reduction.loads(by_value)
-            initializer = adopt_function(initializer)
-        initializer(*initargs)
     completed = 0
     functions = {}  # pickled function -> function (see LocalBackend.wire)
     loads = reduction.loads
     try:
+        if sigmask is not None:
+            set_mask(sigmask)  # a Ctrl-C held pending since the fork arrives here
+        if init_blob is not None:
+            by_reference, by_value = init_blob
+            try:
+                initializer, initargs = reduction.loads(by_reference)
+            except Exception:
+                if by_value is None:
+                    raise
+                # Defined where this process cannot import it (e.g. under
+                # `if __name__ == "__main__":` with spawn): the copy by value.
+                initializer, initargs = reduction.loads(by_value)
+                initializer = adopt_function(initializer)
+            initializer(*initargs)
         while maxtasks is None or completed < maxtasks:
             words[base] = _WAITING
             try:
@@ -308,6 +313,7 @@ class LocalBackend(Backend):
             None if initializer is None else _initializer_blob(ctx, initializer, initargs)
         )
         self.workers = [None] * processes
+        self.sigmask = current_mask()  # what the workers get (see _worker)
         self.suspect = False
         self.lost_cause = None
         self.by_reference = {}  # pickled-by-reference bytes -> function
@@ -332,8 +338,8 @@ class LocalBackend(Backend):
             self.terminate()
             raise
         self.threads = [
-            threading.Thread(target=self.handle_workers, daemon=True, name="fastmp-pool-workers"),
-            threading.Thread(target=self.handle_results, daemon=True, name="fastmp-pool-results"),
+            HelperThread(self.handle_workers, "fastmp-pool-workers"),
+            HelperThread(self.handle_results, "fastmp-pool-results"),
         ]
         for t in self.threads:
             t.start()
@@ -380,6 +386,7 @@ class LocalBackend(Backend):
                 self.init_blob,
                 self.maxtasks,
                 self.owner,
+                self.sigmask,
             ),
         )
         w.name = w.name.replace("Process", "PoolWorker")
@@ -573,7 +580,7 @@ class LocalBackend(Backend):
         if threads[0] is not None and threading.current_thread() is threads[0]:
             # The garbage collector ran the finalizer in the worker thread,
             # which may hold self.lock: stop the pool from another thread.
-            threading.Thread(target=self.terminate, daemon=True).start()
+            HelperThread(self.terminate, "fastmp-pool-terminate").start()
             return
         with self.lock:
             if self.terminated:

@@ -43,6 +43,7 @@ from multiprocessing import util
 
 from . import context as _context
 from ._pool_backend import CALL, make_backend
+from ._threads import HelperThread
 from .pool import Pool as _Pool
 
 __all__ = [
@@ -221,9 +222,7 @@ class ProcessPoolExecutor(_base.Executor):
             self._backend.cache.clear()
             self._in_flight = 0
         # The backend's thread holds its lock here: stop it from another thread.
-        finisher = threading.Thread(
-            target=self._backend.terminate, daemon=True, name="fastmp-executor-terminate"
-        )
+        finisher = HelperThread(self._backend.terminate, "fastmp-executor-terminate")
         finisher.start()
         self._finisher = finisher
 
@@ -276,11 +275,7 @@ class ProcessPoolExecutor(_base.Executor):
             if self._finisher is not None:
                 self._finisher.join()
         elif self._finisher is None:
-            finisher = threading.Thread(
-                target=backend.join,
-                daemon=True,
-                name="fastmp-executor-shutdown",
-            )
+            finisher = HelperThread(backend.join, "fastmp-executor-shutdown")
             finisher.start()
             self._finisher = finisher
 

@@ -44,6 +44,7 @@ __all__ = list(getattr(_std, "__all__", [k for k in vars(_std) if not k.startswi
 
 from . import _fastmp  # noqa: E402
 from . import reduction as _reduction  # noqa: E402
+from ._threads import HelperThread  # noqa: E402
 
 BaseProxy = _std.BaseProxy
 Token = _std.Token
@@ -202,8 +203,8 @@ class Server(_std.Server):
     def serve_forever(self):
         _raise_fd_limit()
         if Server._watch_pid is not None:
-            threading.Thread(
-                target=self._watch_parent, args=(Server._watch_pid,), daemon=True
+            HelperThread(
+                self._watch_parent, "fastmp-manager-watch-parent", args=(Server._watch_pid,)
             ).start()
         try:
             super().serve_forever()

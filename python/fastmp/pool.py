@@ -83,6 +83,7 @@ from ._pool_backend import (
     job_counter,
     make_backend,
 )
+from ._threads import HelperThread
 
 __all__ = ["Pool", "ThreadPool", "WorkerLostError", "PoolTerminatedError"]
 
@@ -386,7 +387,7 @@ class _Feeder:
         self.ahead = ahead
         self.aborted = False
         self.waiting_for_room = False
-        self.thread = threading.Thread(target=self.run, daemon=True, name="fastmp-pool-imap-feeder")
+        self.thread = HelperThread(self.run, "fastmp-pool-imap-feeder")
 
     def abort(self):
         self.aborted = True
