@@ -331,23 +331,21 @@ class LocalBackend(Backend):
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.submit = self.inqueue.put
         self.submit_many = self.inqueue.put_many
-        # The threads first: started after the workers, each waited for a CPU
-        # that the workers' own start-up was using (about 1.5 ms of a 5 ms
-        # Pool start-up on 2 cores). The worker thread skips empty slots and
-        # is woken once every worker is in.
-        self.threads = [
-            HelperThread(self.handle_workers, "fastmp-pool-workers"),
-            HelperThread(self.handle_results, "fastmp-pool-results"),
-        ]
-        for t in self.threads:
-            t.start()
         try:
             for idx in range(self.size):
                 self.start_worker(idx)
         except BaseException:
             self.terminate()
             raise
-        self.wake()
+        # (Starting the threads before the workers saved about 10% of a
+        # Pool's start-up on a quiet machine but cost 30% on a busy one, where
+        # each thread start waits for a time slice either way.)
+        self.threads = [
+            HelperThread(self.handle_workers, "fastmp-pool-workers"),
+            HelperThread(self.handle_results, "fastmp-pool-results"),
+        ]
+        for t in self.threads:
+            t.start()
 
     def wire(self, func):
         """What to send for func: its pickle, cached, when func pickles by
