@@ -9,7 +9,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -235,18 +234,7 @@ wait_result channel_end::wait_readable(clock::duration slice) {
         std::uint32_t& w;
         ~leave() { atomic(w).fetch_sub(1, std::memory_order_relaxed); }
     } guard{d.waiting};
-    for (int i = 0; i < spin_budget_; ++i) {
-        if (rx_->size_approx() > 0) {
-            if (spin_budget_ < max_spins) spin_budget_ = spin_budget_ * 2 + 16;
-            return wait_result::woken;
-        }
-        // The writer may be waiting for this CPU (every core busy): let it run.
-        if ((i & 127) == 127)
-            ::sched_yield();
-        else
-            cpu_relax();
-    }
-    spin_budget_ /= 2;
+    if (spin_until([&] { return rx_->size_approx() > 0; }, spin_budget_, max_spins)) return wait_result::woken;
     // A doorbell with nothing behind it (its reader died between taking the
     // message and clearing it) would keep select() users spinning: clear it.
     if (atomic(d.bell).load(std::memory_order_acquire)) unring();

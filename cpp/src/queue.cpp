@@ -7,7 +7,6 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -776,26 +775,11 @@ void shm_queue::notify(detail::event_word& ev, int n) noexcept {
 wait_result shm_queue::wait_on(detail::event_word& ev, std::uint32_t ticket, std::optional<clock::duration> t,
                                int spins) {
     auto seq = atomic(ev.seq);
-    if (spins > 0) {
-        // Spinning pays only while the other side is running and about to
-        // deliver. When it did not (the producer is descheduled, stopped, or
-        // idle: e.g. every core busy), the budget halves, so a waiter soon
-        // goes straight to sleep instead of burning its time slice; when it
-        // did, the budget grows back. Every 128 rounds we also yield the CPU,
-        // in case the producer waits for ours.
+    if (spins > 0) {  // adaptive: see spin_until
         int budget = std::min(spins, spin_budget_->load(std::memory_order_relaxed));
-        for (int i = 0; i < budget; ++i) {
-            if (seq.load(std::memory_order_acquire) != ticket) {
-                spin_budget_->store(std::min(spins, budget * 2 + 16), std::memory_order_relaxed);
-                return wait_result::woken;
-            }
-            if ((i & 127) == 127) {
-                ::sched_yield();
-            } else {
-                cpu_relax();
-            }
-        }
-        spin_budget_->store(budget / 2, std::memory_order_relaxed);
+        bool delivered = spin_until([&] { return seq.load(std::memory_order_acquire) != ticket; }, budget, spins);
+        spin_budget_->store(budget, std::memory_order_relaxed);
+        if (delivered) return wait_result::woken;
     }
     deadline dl = t ? deadline(*t) : deadline();
     atomic(ev.waiters).fetch_add(1, std::memory_order_seq_cst);
