@@ -114,3 +114,12 @@ def test_python_m_fastmp_progress_bar_counts_to_the_total():
     bar.step("a")
     bar.step("b")
     assert out.getvalue().splitlines() == ["[##  ] 1/2 a", "[####] 2/2 b"]
+
+
+def test_floors_reports_both_libraries_and_the_floor(capsys):
+    from benchmarks import floors
+
+    floors.main(["--rounds", "1"])
+    out = capsys.readouterr().out
+    for needle in ("multiprocessing", "fastmp", "parent CPU", "a floor of", "array.tolist()"):
+        assert needle in out, out
