@@ -1,6 +1,6 @@
 """Where the time goes in the rows that stay below their targets.
 
-    python -m benchmarks.floors [--rounds N]
+    python -m benchmarks.floors [--rounds N] [--scale F]
 
 For each, fastmp and multiprocessing side by side in one run (medians), and
 the floor that no implementation of the same API can beat on this machine:
@@ -55,39 +55,43 @@ def pool_map(lib, items, maps=20):
     return wall, parent, workers
 
 
-def slice_ns(lib, reps=20):
-    arr = lib.Array("d", 1 << 20)
+def slice_ns(lib, n=1 << 20, reps=20):
+    arr = lib.Array("d", n)
     t0 = time.perf_counter()
     for _ in range(reps):
         arr[:]
-    return (time.perf_counter() - t0) / reps / (1 << 20) * 1e9
+    return (time.perf_counter() - t0) / reps / n * 1e9
 
 
-def tolist_ns(reps=20):
-    a = array.array("d", bytes(8 << 20))
+def tolist_ns(n=1 << 20, reps=20):
+    a = array.array("d", bytes(8 * n))
     t0 = time.perf_counter()
     for _ in range(reps):
         a.tolist()
-    return (time.perf_counter() - t0) / reps / (1 << 20) * 1e9
+    return (time.perf_counter() - t0) / reps / n * 1e9
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--scale", type=float, default=1.0, help="fraction of the work (tests)")
     args = ap.parse_args(argv)
     libs = (multiprocessing, fastmp)
-    items = list(range(200_000))
+    items = list(range(max(1000, int(200_000 * args.scale))))
+    maps_per_round = max(1, int(20 * args.scale))
+    # Always 8 MiB: the stdlib's heap keeps a smaller Array's arena (an fd) for reuse.
+    n, reps = 1 << 20, max(1, int(20 * args.scale))
     maps = {lib.__name__: [] for lib in libs}
     slices = {lib.__name__: [] for lib in libs}
     floor = []
     for _ in range(args.rounds):
         for lib in libs:
-            maps[lib.__name__].append(pool_map(lib, items))
-            slices[lib.__name__].append(slice_ns(lib))
-        floor.append(tolist_ns())
+            maps[lib.__name__].append(pool_map(lib, items, maps_per_round))
+            slices[lib.__name__].append(slice_ns(lib, n, reps))
+        floor.append(tolist_ns(n, reps))
     ncpu = len(os.sched_getaffinity(0))
     print(f"{ncpu} CPUs, load {os.getloadavg()[0]:.2f}, medians of {args.rounds} rounds\n")
-    print("Pool(2).map(f, 200k ints)    wall     parent CPU  workers' CPU")
+    print(f"Pool(2).map(f, {len(items)} ints)  wall     parent CPU  workers' CPU")
     med = {}
     for name, rows in maps.items():
         med[name] = [statistics.median(r[i] for r in rows) * 1e3 for i in range(3)]

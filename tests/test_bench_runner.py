@@ -119,7 +119,7 @@ def test_python_m_fastmp_progress_bar_counts_to_the_total():
 def test_floors_reports_both_libraries_and_the_floor(capsys):
     from benchmarks import floors
 
-    floors.main(["--rounds", "1"])
+    floors.main(["--rounds", "1", "--scale", "0.05"])
     out = capsys.readouterr().out
     for needle in ("multiprocessing", "fastmp", "parent CPU", "a floor of", "array.tolist()"):
         assert needle in out, out

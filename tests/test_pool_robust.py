@@ -317,6 +317,65 @@ def test_pool_threads_leave_signals_to_the_main_thread(method):
         assert pool.apply(square, (7,)) == 49
 
 
+def _raise_value_error(_x=None):
+    raise ValueError("expected")
+
+
+def _masks_seen_by_user_code():
+    """(this thread's blocked signals, a subprocess's blocked signals)."""
+    import subprocess
+
+    mine = _blocked_signals("/proc/thread-self/status")
+    out = subprocess.run(
+        ["sh", "-c", "grep SigBlk /proc/self/status"], capture_output=True, text=True, timeout=30
+    ).stdout
+    mask = int(out.split()[1], 16)
+    child = {sig for sig in range(1, 65) if mask & (1 << (sig - 1))}
+    return mine, child
+
+
+def test_user_code_on_pool_threads_runs_with_the_callers_signal_mask():
+    """Callbacks, an imap's iterable and executor done-callbacks run on
+    fastmp's threads, as on the stdlib's, and must see (and hand on to the
+    processes they start) the mask of the code that made the pool, not the
+    helper thread's: a subprocess started there could not be interrupted."""
+    import concurrent.futures
+
+    import fastmp.futures
+
+    seen = []
+
+    def record(*_):
+        seen.append(_masks_seen_by_user_code())
+
+    def items():
+        record()
+        yield 1
+
+    with fastmp.Pool(1) as pool:
+        pool.apply_async(square, (2,), callback=record).get(30)
+        pool.map_async(square, [1, 2], callback=record).get(30)
+        # (an exception, not a dead worker: a replacement forked while the
+        # callback's subprocess starts would hold its exec-error pipe open)
+        pool.apply_async(_raise_value_error, error_callback=record).wait(30)
+        assert list(pool.imap(square, items())) == [1]
+        for t in pool._threads:
+            if t.is_alive():  # back to blocking once the user code returned
+                assert signal.SIGINT in _blocked_signals(f"/proc/self/task/{t.native_id}/status")
+    with fastmp.futures.ProcessPoolExecutor(1) as ex:
+        f = ex.submit(square, 3)
+        f.add_done_callback(record)
+        concurrent.futures.wait([f], timeout=30)
+        assert f.result() == 9
+    deadline = time.monotonic() + 30
+    while len(seen) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(seen) == 5
+    for mine, child in seen:
+        assert signal.SIGINT not in mine and signal.SIGTERM not in mine
+        assert signal.SIGINT not in child and signal.SIGTERM not in child
+
+
 def test_fork_child_exit_does_not_stop_parents_pool(tmp_path):
     """A bare os.fork() child runs the parent's exit handlers when it exits;
     they must leave the parent's pool alone."""

@@ -331,21 +331,22 @@ class LocalBackend(Backend):
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.submit = self.inqueue.put
         self.submit_many = self.inqueue.put_many
-        try:
-            for idx in range(self.size):
-                self.start_worker(idx)
-        except BaseException:
-            self.terminate()
-            raise
         # (Starting the threads before the workers saved about 10% of a
         # Pool's start-up on a quiet machine but cost 30% on a busy one, where
         # each thread start waits for a time slice either way.)
-        self.threads = [
+        threads = [
             HelperThread(self.handle_workers, "fastmp-pool-workers"),
             HelperThread(self.handle_results, "fastmp-pool-results"),
         ]
-        for t in self.threads:
-            t.start()
+        try:
+            for idx in range(self.size):
+                self.start_worker(idx)
+            self.threads = threads
+            for t in threads:
+                t.start()  # a Ctrl-C held back while it ran is raised here
+        except BaseException:
+            self.terminate()
+            raise
 
     def wire(self, func):
         """What to send for func: its pickle, cached, when func pickles by
@@ -470,6 +471,9 @@ class LocalBackend(Backend):
                     )
             self.workers[idx] = None
             if self.state == RUN or (self.state == CLOSE and self.cache):
+                # Not under as_user: this thread is here because a worker
+                # died, often of the Ctrl-C the main thread has not yet taken;
+                # unblocking would take it. The worker sets its own mask.
                 self.start_worker(idx)
 
     def _report_lost(self, job, chunk, w):

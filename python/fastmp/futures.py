@@ -43,7 +43,7 @@ from multiprocessing import util
 
 from . import context as _context
 from ._pool_backend import CALL, make_backend
-from ._threads import HelperThread
+from ._threads import HelperThread, as_user
 from .pool import Pool as _Pool
 
 __all__ = [
@@ -87,10 +87,12 @@ class _Call:
         ex._done_one()
         fut = self.future
         try:
-            if ok:
-                fut.set_result(value)
+            # Done-callbacks are user code (see _threads.as_user).
+            finish = fut.set_result if ok else fut.set_exception
+            if fut._done_callbacks:
+                as_user(finish, value)
             else:
-                fut.set_exception(value)
+                finish(value)
         except InvalidStateError:  # already failed by a broken pool
             pass
         ex._backend.cache.pop(self._job, None)

@@ -83,7 +83,7 @@ from ._pool_backend import (
     job_counter,
     make_backend,
 )
-from ._threads import HelperThread
+from ._threads import HelperThread, as_user
 
 __all__ = ["Pool", "ThreadPool", "WorkerLostError", "PoolTerminatedError"]
 
@@ -189,9 +189,9 @@ class ApplyResult:
             try:
                 if ok:
                     if self._callback is not None:
-                        self._callback(value)
+                        as_user(self._callback, value)
                 elif self._error_callback is not None:
-                    self._error_callback(value)
+                    as_user(self._error_callback, value)
             except Exception:  # noqa: BLE001
                 _print_callback_error()
         self._done = True
@@ -248,9 +248,9 @@ class MapResult(ApplyResult):
             try:
                 if self._success:
                     if self._callback is not None:
-                        self._callback(self._value)
+                        as_user(self._callback, self._value)
                 elif self._error_callback is not None:
-                    self._error_callback(self._value)
+                    as_user(self._error_callback, self._value)
             except Exception:  # noqa: BLE001
                 _print_callback_error()
             self._finish()
@@ -373,6 +373,10 @@ class IMapUnorderedIterator(IMapIterator):
 # --- the pool ---------------------------------------------------------------------
 
 
+def _take(it, n):
+    return tuple(itertools.islice(it, n))
+
+
 class _Feeder:
     """Feeds one imap's chunks into the task queue, a bounded distance ahead of
     the consumer (or of the results, once the pool is closed)."""
@@ -415,11 +419,10 @@ class _Feeder:
                     if self.aborted:
                         return
                 try:
-                    if cs == 1:
-                        x = next(it)
-                        args = (x,)
+                    if cs == 1:  # the user's iterable: user code (see _threads)
+                        args = (as_user(next, it),)
                     else:
-                        args = tuple(itertools.islice(it, cs))
+                        args = as_user(_take, it, cs)
                         if not args:
                             raise StopIteration
                 except StopIteration:

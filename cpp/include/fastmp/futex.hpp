@@ -49,16 +49,19 @@ inline void cpu_relax() noexcept {
 // CPU: on a busy machine sched_yield() handed it to a CPU-bound process for
 // a whole time slice (ProcessPoolExecutor.submit fell to 0.3x the stdlib's
 // rate with two CPU-bound processes on 2 cores).
+// The budget never drops below a few rounds, so that spinning can start
+// paying again once the machine is quiet.
 template <class Ready>
 bool spin_until(Ready&& ready, int& budget, int max_budget) noexcept {
+    constexpr int least = 16;
     for (int i = 0; i < budget; ++i) {
         if (ready()) {
-            budget = budget * 2 + 16 < max_budget ? budget * 2 + 16 : max_budget;
+            budget = budget < (max_budget - least) / 2 ? budget * 2 + least : max_budget;
             return true;
         }
         cpu_relax();
     }
-    budget /= 2;
+    budget = budget / 2 > least ? budget / 2 : least;
     return false;
 }
 
